@@ -1,0 +1,120 @@
+"""Command line: ``tiesnb merge CONFIG.yaml --out DIR`` and ``tiesnb methods``.
+
+A merge config is YAML with the keys::
+
+    method: ties                       # a registered method (tiesnb methods lists them)
+    base: path/to/pretrained           # a .safetensors file or a (sharded) Hugging Face folder
+    models: [path/to/ft_a, path/to/ft_b]
+    params: {k: 0.2, lam: 1.0, trim: global}   # the method's parameters
+    include: ["*"]                     # optional: which parameters merge (shell-style globs)
+    exclude: ["*.bias"]                # optional: parameters copied from the base instead
+    tied: [[shared.weight, lm_head.weight]]    # optional: parameters merged once, written under each name
+    dtype: auto                        # optional: auto (the base's) | float32 | bfloat16 | float16
+    device: cpu                        # optional: cpu | cuda
+
+Relative paths are taken from the current directory. Any bad input stops the run with one line
+naming it, and no output is left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import TiesnbError
+
+CONFIG_KEYS = {
+    "method": "a registered merge method",
+    "base": "the pretrained checkpoint",
+    "models": "the fine-tuned checkpoints (a list)",
+    "params": "the method's parameters (a mapping)",
+    "include": "globs of parameters to merge",
+    "exclude": "globs of parameters copied from the base",
+    "tied": "groups of tied parameter names",
+    "dtype": "output dtype",
+    "device": "cpu or cuda",
+    "chunk": "elements per model read at a time",
+}
+
+
+def load_config(path: str | Path) -> dict:
+    import yaml
+
+    path = Path(path)
+    try:
+        cfg = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise TiesnbError(f"config file not found: {path}") from None
+    except yaml.YAMLError as e:
+        raise TiesnbError(f"config {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(cfg, dict):
+        raise TiesnbError(f"config {path} must be a mapping with keys {', '.join(CONFIG_KEYS)}")
+    unknown = sorted(set(cfg) - set(CONFIG_KEYS))
+    if unknown:
+        raise TiesnbError(f"unknown config key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
+                          f"in {path}; valid keys: {', '.join(CONFIG_KEYS)}")
+    for key in ("method", "base", "models"):
+        if key not in cfg:
+            raise TiesnbError(f"config {path} lacks '{key}' ({CONFIG_KEYS[key]})")
+    if not isinstance(cfg["models"], list) or not cfg["models"]:
+        raise TiesnbError(f"'models' in {path} must be a non-empty list of checkpoint paths")
+    if not isinstance(cfg.get("params") or {}, dict):
+        raise TiesnbError(f"'params' in {path} must be a mapping of parameter names to values")
+    for key in ("include", "exclude"):
+        if key in cfg and (not isinstance(cfg[key], list) or not all(isinstance(p, str) for p in cfg[key])):
+            raise TiesnbError(f"'{key}' in {path} must be a list of glob patterns")
+    return cfg
+
+
+def cmd_merge(args) -> int:
+    from .merge import merge_checkpoints
+
+    cfg = load_config(args.config)
+    out = merge_checkpoints(
+        cfg["method"], cfg["base"], cfg["models"], args.out, params=cfg.get("params") or {},
+        include=cfg.get("include", ["*"]), exclude=cfg.get("exclude", []), tied=cfg.get("tied", []),
+        dtype=cfg.get("dtype"), device=cfg.get("device", "cpu"), chunk=cfg.get("chunk", 1 << 18),
+        progress=not args.quiet, overwrite=args.force, checksums=not args.no_checksums,
+        extra_config={"config_file": str(args.config)})
+    if not args.quiet:
+        print(f"merged {cfg['method']} of {len(cfg['models'])} models -> {out}")
+    return 0
+
+
+def cmd_methods(args) -> int:
+    from .merge import describe
+
+    print(describe(args.name))
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="tiesnb", description="TIES-Merging study toolkit")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("merge", help="merge checkpoints as a YAML config says")
+    p.add_argument("config", help="YAML merge config (method, base, models, params, ...)")
+    p.add_argument("--out", required=True, help="output folder (written atomically)")
+    p.add_argument("--force", action="store_true", help="replace an existing output folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--no-checksums", action="store_true", help="skip the SHA-256 of the inputs")
+    p.set_defaults(func=cmd_merge)
+    p = sub.add_parser("methods", help="list the merge methods and their parameters")
+    p.add_argument("name", nargs="?", help="one method")
+    p.set_defaults(func=cmd_methods)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except TiesnbError as e:
+        print(f"tiesnb: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tiesnb: interrupted; no output was written", file=sys.stderr)
+        return 130
+    except OSError as e:
+        print(f"tiesnb: error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

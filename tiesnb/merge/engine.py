@@ -1,0 +1,259 @@
+"""The streaming engine: which parameters merge, checking the inputs, and reading them in chunks.
+
+A merge method sees a :class:`MergeJob`. It may make statistics passes over the task vectors
+(:meth:`MergeJob.chunks`), then produces each merged tensor as a sequence of float32 chunks; the
+engine writes them to a sink (an in-memory state dict, or safetensors shards on disk). At no point
+are n models' worth of values in memory: a chunk holds ``n × chunk`` floats.
+
+Which parameters merge: floating-point tensors of the base whose names match ``include`` (default:
+all) and no ``exclude`` pattern (shell-style globs, e.g. ``"*.bias"``); everything else
+(integer and bool buffers, excluded names) is copied from the base. Parameters tied to one another
+(the same storage in an in-memory state dict, or groups given as ``tied``) are merged once and the
+result written under every name.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Mapping, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from ..checkpoints import DictSource, SafetensorsWriter, Source, TensorSpec
+from ..errors import TiesnbError
+
+DEFAULT_CHUNK = 1 << 18  # elements per model per chunk: n × 1 MiB of float32 stays in cache
+
+
+def _matches(name: str, patterns: Sequence[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def _short(names: Iterable[str], limit: int = 5) -> str:
+    names = list(names)
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(repr(n) for n in names[:limit]) + more
+
+
+def detect_tied(state: Mapping[str, torch.Tensor]) -> list[list[str]]:
+    """Groups of names in an in-memory state dict that share storage (tied weights)."""
+    groups: dict[tuple, list[str]] = {}
+    for name, t in state.items():
+        if t.numel() == 0:
+            continue
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
+        groups.setdefault(key, []).append(name)
+    return [sorted(g) for g in groups.values() if len(g) > 1]
+
+
+@dataclass
+class MergeJob:
+    """The inputs of one merge, checked, and the ways to read them."""
+
+    base: Source
+    models: list[Source]
+    include: Sequence[str] = ("*",)
+    exclude: Sequence[str] = ()
+    tied: Sequence[Sequence[str]] = ()
+    multiplicity: Mapping[str, int] = field(default_factory=dict)
+    out_dtype: torch.dtype | None = None
+    device: str = "cpu"
+    chunk: int = DEFAULT_CHUNK
+    progress: bool = True
+
+    def __post_init__(self):
+        if not self.models:
+            raise TiesnbError("no models to merge: give at least one fine-tuned checkpoint")
+        if self.chunk < 1:
+            raise TiesnbError(f"chunk must be positive, got {self.chunk}")
+        self.device = torch.device(self.device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise TiesnbError("device 'cuda' requested but CUDA is not available on this machine")
+        self.n = len(self.models)
+        base_names = self.base.names()
+        self.order = sorted(base_names)
+        # tied groups: given ones plus storage-sharing ones of an in-memory base
+        groups = [sorted(g) for g in self.tied if sum(n in base_names for n in g) > 1]
+        if isinstance(self.base, DictSource):
+            groups += detect_tied(self.base.state)
+        self.alias_of: dict[str, str] = {}
+        for g in groups:
+            present = [n for n in g if n in base_names]
+            for n in present[1:]:
+                self.alias_of[n] = present[0]
+        # what merges, what is copied
+        self.merged: list[str] = []
+        self.copied: list[str] = []
+        for name in self.order:
+            if name in self.alias_of:
+                continue
+            spec = self.base.spec(name)
+            if spec.is_float and _matches(name, self.include) and not _matches(name, self.exclude):
+                self.merged.append(name)
+            else:
+                self.copied.append(name)
+        if not self.merged:
+            raise TiesnbError(f"no parameter of the base matches include={list(self.include)} "
+                              f"exclude={list(self.exclude)}: nothing to merge")
+        self._check_models()
+        self.specs = {n: self.base.spec(n) for n in self.order}
+        self.total = sum(self.specs[n].numel for n in self.merged)
+        self._verified: set[str] = set()
+        self._buf = torch.empty(self.n * self.chunk, dtype=torch.float32)
+        self._bbuf = torch.empty(self.chunk, dtype=torch.float32)
+        if self.device.type == "cuda":
+            self._buf = self._buf.pin_memory()
+            self._bbuf = self._bbuf.pin_memory()
+
+    # ------------------------------------------------------------------ checks
+    def _check_models(self) -> None:
+        base_names = set(self.base.names())
+        merged = set(self.merged)
+        for i, m in enumerate(self.models):
+            names = set(m.names())
+            missing = sorted(merged - names)
+            if missing:
+                raise TiesnbError(f"model {i} ({m.label}) lacks {len(missing)} parameter(s) of the base: {_short(missing)}")
+            extra = sorted(n for n in names - base_names
+                           if _matches(n, self.include) and not _matches(n, self.exclude))
+            if extra:
+                raise TiesnbError(f"model {i} ({m.label}) has {len(extra)} parameter(s) the base lacks: {_short(extra)}")
+            for n in self.merged:
+                b, s = self.base.spec(n), m.spec(n)
+                if b.shape != s.shape:
+                    raise TiesnbError(f"shape mismatch for '{n}': base {b.shape} vs model {i} ({m.label}) {s.shape}")
+                if not s.is_float:
+                    raise TiesnbError(f"'{n}' is {b.dtype} in the base but {s.dtype} in model {i} ({m.label})")
+
+    def check_aux(self, sources: Sequence[Source], what: str, names: Iterable[str] | None = None,
+                  shape_of=None) -> None:
+        """Check per-model auxiliary inputs (Fisher, Gram matrices): one per model, known names,
+        the expected shapes."""
+        if len(sources) != self.n:
+            raise TiesnbError(f"{what}: got {len(sources)}, need one per model ({self.n})")
+        merged = set(self.merged)
+        for i, src in enumerate(sources):
+            unknown = sorted(set(src.names()) - merged)
+            if unknown:
+                raise TiesnbError(f"{what} {i} ({src.label}) has names that are not merged parameters: {_short(unknown)}")
+            for n in src.names():
+                want = shape_of(n) if shape_of else self.specs[n].shape
+                if src.spec(n).shape != want:
+                    raise TiesnbError(f"{what} {i} ({src.label}): '{n}' has shape {src.spec(n).shape}, expected {want}")
+
+    def _verify(self, name: str, base: torch.Tensor, X: torch.Tensor, rows: Sequence[int] | None = None) -> None:
+        if not bool(torch.isfinite(base).all()):
+            raise TiesnbError(f"non-finite values (NaN or inf) in '{name}' of the base ({self.base.label})")
+        bad = ~torch.isfinite(X).all(dim=1)
+        if bool(bad.any()):
+            i = int(torch.nonzero(bad)[0])
+            i = rows[i] if rows is not None else i
+            raise TiesnbError(f"non-finite values (NaN or inf) in '{name}' of model {i} ({self.models[i].label})")
+
+    # ------------------------------------------------------------------ reading
+    def ranges(self, name: str) -> Iterator[tuple[int, int]]:
+        numel = self.specs[name].numel
+        for start in range(0, numel, self.chunk):
+            yield start, min(numel, start + self.chunk)
+
+    def read_chunk(self, name: str, start: int, stop: int, delta: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Base chunk (C,) and the models' task-vector chunk (n, C) — or, with ``delta=False``,
+        their weights — float32 on the device (reused buffers)."""
+        C = stop - start
+        base, X = self._bbuf[:C], self._buf[: self.n * C].view(self.n, C)  # contiguous rows
+        self.base.read_into(name, start, stop, base)
+        for i, m in enumerate(self.models):
+            m.read_into(name, start, stop, X[i])
+        if name not in self._verified:
+            self._verify(name, base, X)
+        if self.device.type != "cpu":
+            base, X = base.to(self.device, non_blocking=True), X.to(self.device, non_blocking=True)
+        return base, (X.sub_(base) if delta else X)
+
+    def chunks(self, desc: str | None = None, names: Sequence[str] | None = None
+               ) -> Iterator[tuple[str, int, int, torch.Tensor, torch.Tensor]]:
+        """Every chunk of the task vectors: ``(name, start, stop, base, D)`` with ``D`` (n, C).
+        The tensors are reused buffers: use them before asking for the next chunk."""
+        names = self.merged if names is None else names
+        total = sum(self.specs[n].numel for n in names)
+        with self.bar(total, desc) as bar:
+            for name in names:
+                for start, stop in self.ranges(name):
+                    base, D = self.read_chunk(name, start, stop)
+                    yield name, start, stop, base, D
+                    bar.update(stop - start)
+                self._verified.add(name)
+
+    def full_row(self, name: str, i: int, delta: bool = True) -> torch.Tensor:
+        """Model ``i``'s whole task vector (or, ``delta=False``, weights) for one tensor, flat
+        float32 on the device."""
+        base = self.base.read(name).to(self.device, torch.float32)
+        x = self.models[i].read(name).to(self.device, torch.float32)
+        if name not in self._verified:
+            self._verify(name, base, x.unsqueeze(0), rows=[i])
+        return x.sub_(base) if delta else x
+
+    def base_chunk(self, name: str, start: int, stop: int) -> torch.Tensor:
+        out = self._bbuf[: stop - start]
+        self.base.read_into(name, start, stop, out)
+        return out.to(self.device)
+
+    def bar(self, total: int, desc: str | None):
+        if not self.progress or desc is None:
+            return nullcontext(_NoBar())
+        return tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1000,
+                    leave=False, dynamic_ncols=True, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} params [{elapsed}<{remaining}]")
+
+    def output_specs(self) -> dict[str, TensorSpec]:
+        merged = set(self.merged)
+        out = {}
+        for name in self.order:
+            spec = self.specs[name]
+            if self.alias_of.get(name, name) in merged and self.out_dtype is not None:
+                spec = TensorSpec(self.out_dtype, spec.shape)
+            out[name] = spec
+        return out
+
+
+class _NoBar:
+    def update(self, n):
+        pass
+
+
+# ----------------------------------------------------------------------------------------------
+# sinks: where merged tensors go
+
+
+class DictSink:
+    """Collects the merged tensors into a state dict (tied names share one tensor)."""
+
+    def __init__(self, specs: Mapping[str, TensorSpec]):
+        self.specs = specs
+        self.state: dict[str, torch.Tensor] = {}
+        self._pos: dict[str, int] = {}
+
+    def write(self, name: str, chunk: torch.Tensor) -> None:
+        spec = self.specs[name]
+        if name not in self.state:
+            self.state[name] = torch.empty(spec.shape, dtype=spec.dtype)
+            self._pos[name] = 0
+        flat = self.state[name].view(-1)
+        p = self._pos[name]
+        flat[p:p + chunk.numel()].copy_(chunk.reshape(-1))
+        self._pos[name] = p + chunk.numel()
+
+    def write_tensor(self, name: str, tensor: torch.Tensor) -> None:
+        self.state[name] = tensor.detach().to("cpu", self.specs[name].dtype, copy=True).reshape(self.specs[name].shape)
+
+    def copy_written(self, src: str, dst: str) -> None:
+        self.state[dst] = self.state[src]
+
+    def close(self) -> None:
+        pass
+
+
+class FileSink(SafetensorsWriter):
+    """Writes the merged tensors as safetensors shards (see :class:`SafetensorsWriter`)."""

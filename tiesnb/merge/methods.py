@@ -1,0 +1,465 @@
+"""The merge methods and their registration.
+
+Each implementation has two steps: ``prepare`` (statistics passes over the whole model, e.g. the
+global trim thresholds) and ``tensor`` (yield one merged tensor as float32 chunks). The engine
+(:mod:`.engine`) does the reading, checking and writing; the arithmetic is in :mod:`.kernels`.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+
+from ..checkpoints import open_source
+from ..errors import TiesnbError
+from . import kernels as K
+from .engine import MergeJob
+from .registry import Method, Param, register
+from .select import Cut, TopK, cut_of_tensor, top_count
+
+
+def _weights(job: MergeJob, p: dict, name: str = "weights") -> torch.Tensor | None:
+    w = p.get(name)
+    if w is None:
+        return None
+    if len(w) != job.n:
+        raise TiesnbError(f"'{name}' has {len(w)} values but there are {job.n} models")
+    return torch.tensor(w, dtype=torch.float32, device=job.device)
+
+
+# ----------------------------------------------------------------------------------------------
+# average and task arithmetic: one pass, no statistics
+
+
+class Average:
+    """The mean of the fine-tuned weights (a model soup), optionally weighted: Σ w_t θ_t / Σ w_t."""
+
+    def prepare(self, job: MergeJob, p: dict) -> Any:
+        w = _weights(job, p)
+        if w is not None and float(w.sum()) == 0:
+            raise TiesnbError("'weights' of method 'average' sum to 0")
+        return w
+
+    def tensor(self, job: MergeJob, p: dict, w, name: str) -> Iterator[torch.Tensor]:
+        for start, stop in job.ranges(name):
+            _, X = job.read_chunk(name, start, stop, delta=False)
+            if w is None:
+                yield K.rowsum(X) / job.n
+            else:
+                yield K.rowsum(X * w.unsqueeze(1)) / w.sum()
+
+
+class TaskArithmetic:
+    """θ0 + λ Σ_t w_t τ_t (Ilharco et al. 2023): a plain sum of task vectors, scaled."""
+
+    def prepare(self, job: MergeJob, p: dict) -> Any:
+        return _weights(job, p)
+
+    def tensor(self, job: MergeJob, p: dict, w, name: str) -> Iterator[torch.Tensor]:
+        lam = p["lam"]
+        for start, stop in job.ranges(name):
+            base, D = job.read_chunk(name, start, stop)
+            tv = K.rowsum(D if w is None else D * w.unsqueeze(1))
+            yield base + lam * tv
+
+
+# ----------------------------------------------------------------------------------------------
+# the sparsify / elect / disjoint-merge family: ties, dare, dare_ties, breadcrumbs
+
+
+@dataclass
+class SparseState:
+    cuts: list[list[Cut]] | None  # per model: [cut] (magnitude) or [outer, inner] (band); global trim
+    sq_norms: torch.Tensor | None  # per model: squared norm of the trimmed task vector (normfrac/normmass)
+    majority: float  # sum of the whole elected sign vector (zero_sign = majority)
+    weights: torch.Tensor | None
+    signs: Any  # a Source of given signs (the oracle experiment) or None
+    trim: "_Trimmer | None" = None  # the merge pass's trimmer (tie counters run across tensors)
+
+    def report(self) -> dict:
+        if self.cuts is None:
+            return {}
+        return {"kept": [[c.kept for c in cs] for cs in self.cuts],
+                "thresholds": [[c.value for c in cs] for cs in self.cuts]}
+
+
+class _Trimmer:
+    """Applies the sparsification to chunks, in model order; keeps the running tie counters of
+    the deterministic tie rule, so a fresh trimmer is made for each pass over the model."""
+
+    def __init__(self, impl: "SparseMerge", job: MergeJob, p: dict, state: SparseState):
+        self.impl, self.job, self.p, self.state = impl, job, p, state
+        self.extra_left: list[list[int]] | None = None
+        if state.cuts is not None:
+            self.extra_left = [[c.extra for c in cs] for cs in state.cuts]
+        self.cuts = state.cuts
+        self.name = None
+
+    def begin(self, name: str) -> None:
+        self.name = name
+        if self.p["sparsify"] in ("magnitude", "band") and self.p["trim"] == "per_tensor":
+            self.cuts = [self.impl.cuts_for(self.job, self.p, name, i) for i in range(self.job.n)]
+            self.extra_left = [[c.extra for c in cs] for cs in self.cuts]
+
+    def _top(self, row: torch.Tensor, out: torch.Tensor, i: int, j: int) -> None:
+        cut = self.cuts[i][j]
+        if cut.inclusive:
+            lam = K.below(cut.value) if cut.value > 0 else -1.0
+        else:
+            lam = cut.value
+        if lam < 0:
+            out.copy_(row)
+        else:
+            torch.ops.aten.hardshrink.out(row, lam, out=out)
+        left = self.extra_left[i][j]
+        if left and not cut.inclusive:
+            idx = K.first_ties(row, cut.value, left)
+            if idx.numel():
+                out[idx] = row[idx]
+                self.extra_left[i][j] = left - idx.numel()
+
+    def __call__(self, name: str, start: int, stop: int, D: torch.Tensor) -> torch.Tensor:
+        mode = self.p["sparsify"]
+        if mode == "none":
+            return D
+        T = torch.empty_like(D)
+        for i in range(self.job.n):
+            if mode == "magnitude":
+                self._top(D[i], T[i], i, 0)
+            elif mode == "band":  # top(γ + k) minus top(γ): drop the largest γ, keep the next k
+                self._top(D[i], T[i], i, 0)
+                inner = torch.empty_like(T[i])
+                self._top(D[i], inner, i, 1)
+                T[i].sub_(inner)
+            elif mode == "random":
+                keep = K.keep_random(self.impl.rng_key(self.p, i, name), start, stop, self.p["k"], D.device)
+                torch.mul(D[i], keep, out=T[i])
+                if self.p["rescale"] and self.p["k"] > 0:
+                    T[i].div_(self.p["k"])
+        return T
+
+
+class SparseMerge:
+    """Sparsify each task vector, optionally elect a sign per coordinate, merge the agreeing
+    entries, scale by λ and add to the base. ``ties``, ``dare``, ``dare_ties`` and ``breadcrumbs``
+    are this with different switches."""
+
+    # ---- statistics
+    def counts(self, p: dict, d: int) -> list[int]:
+        if p["sparsify"] == "magnitude":
+            return [top_count(p["k"], d, p["count"])]
+        # band: keep ranks (γd, γd + kd]: the top (γ + k) minus the top γ
+        g = top_count(p["gamma"], d, "floor")
+        return [min(d, g + top_count(p["k"], d, "floor")), g]
+
+    def cuts_for(self, job: MergeJob, p: dict, name: str, i: int) -> list[Cut]:
+        a = job.full_row(name, i).abs_()
+        return [cut_of_tensor(a, c, p["ties"]) for c in self.counts(p, a.numel())]
+
+    def rng_key(self, p: dict, i: int, name: str) -> int:
+        return zlib.crc32(f"{p['seed']}|{i}|{name}".encode()) | (zlib.crc32(f"{name}|{i}|{p['seed']}".encode()) << 32)
+
+    def _global_cuts(self, job: MergeJob, p: dict) -> list[list[Cut]]:
+        mult = job.multiplicity
+        d = sum(job.specs[n].numel * mult.get(n, 1) for n in job.merged)
+        sel = [[TopK(c, p["ties"], device=job.device) for c in self.counts(p, d)] for _ in range(job.n)]
+        for rnd in (1, 2):
+            for name, _, _, _, D in job.chunks(f"trim thresholds, pass {rnd}/2"):
+                A = D.abs_()
+                times = mult.get(name, 1)
+                for i in range(job.n):
+                    for s in sel[i]:
+                        if s.stage == rnd:
+                            s.add(A[i], times)
+            if not [s.advance() for row in sel for s in row if s.stage == rnd].count(True):
+                break
+        return [[s.cut() for s in row] for row in sel]
+
+    def prepare(self, job: MergeJob, p: dict) -> SparseState:
+        if p["elect"] == "none" and p["disjoint"] == "max":
+            raise TiesnbError("disjoint='max' needs an elected sign; elect is 'none'")
+        if p["ties"] == "index" and any(m > 1 for m in job.multiplicity.values()):
+            raise TiesnbError("ties='index' cannot be combined with parameters counted more than once; use ties='keep'")
+        w = _weights(job, p)
+        signs = None
+        if p.get("signs") is not None:
+            signs = open_source(p["signs"], "signs")
+            missing = [n for n in job.merged if n not in signs.names()]
+            if missing:
+                raise TiesnbError(f"the given sign vector lacks {len(missing)} merged parameter(s), e.g. {missing[0]!r}")
+        state = SparseState(None, None, 0.0, w, signs)
+        if p["sparsify"] in ("magnitude", "band") and p["trim"] == "global":
+            state.cuts = self._global_cuts(job, p)
+        needs_norms = p["elect"] in ("normfrac", "normmass") and signs is None
+        needs_majority = p["zero_sign"] == "majority" and p["elect"] != "none"
+        if needs_norms or needs_majority:
+            # the norms come before the majority: normfrac/normmass elections need them
+            if needs_norms:
+                sq = torch.zeros(job.n, dtype=torch.float64, device=job.device)
+                trim = _Trimmer(self, job, p, state)
+                current = None
+                for name, start, stop, _, D in job.chunks("trimmed norms"):
+                    if name != current:
+                        trim.begin(name)
+                        current = name
+                    T = trim(name, start, stop, D)
+                    sq += T.double().square().sum(1) * job.multiplicity.get(name, 1)
+                state.sq_norms = sq
+            if needs_majority:
+                total = 0.0
+                trim = _Trimmer(self, job, p, state)
+                current = None
+                for name, start, stop, _, D in job.chunks("sign majority"):
+                    if name != current:
+                        trim.begin(name)
+                        current = name
+                    T = trim(name, start, stop, D)
+                    s = self._elect(p, state, T, name, start, stop)
+                    total += float(s.sum()) * job.multiplicity.get(name, 1)
+                state.majority = total
+        state.trim = _Trimmer(self, job, p, state)
+        return state
+
+    # ---- merging
+    def _elect(self, p: dict, state: SparseState, T: torch.Tensor, name: str, start: int, stop: int) -> torch.Tensor:
+        if state.signs is not None:
+            return state.signs.read(name, start, stop).to(T.device, torch.float32).sign_()
+        e = p["elect"]
+        if e == "mass":
+            return K.elect_mass(T)
+        if e == "count":
+            return K.elect_count(T)
+        if e == "normfrac":
+            return K.elect_normfrac(T, state.sq_norms)
+        if e == "normmass":
+            return K.elect_normmass(T, state.sq_norms)
+        raise ValueError(e)
+
+    def tensor(self, job: MergeJob, p: dict, state: SparseState, name: str) -> Iterator[torch.Tensor]:
+        trim = state.trim
+        trim.begin(name)
+        w = state.weights
+        before = w is not None and p["weighted_election"]
+        value_w = w if (w is not None and not before) else None
+        quirk = p["zero_sign"] == "majority" and state.majority == 0
+        for start, stop in job.ranges(name):
+            base, D = job.read_chunk(name, start, stop)
+            T = trim(name, start, stop, D)
+            if before:
+                T = T * w.unsqueeze(1)
+            if p["elect"] == "none" and state.signs is None:
+                merged = K.nonzero_merge(T, p["disjoint"], value_w, w)
+            else:
+                s = self._elect(p, state, T, name, start, stop)
+                s = K.resolve_zero_signs(s, p["zero_sign"], state.majority)
+                merged = K.disjoint_merge(T, s, p["disjoint"], value_w, w, select_negative_on_zero=quirk)
+            yield base + p["lam"] * merged
+
+
+# ----------------------------------------------------------------------------------------------
+# Fisher merging and RegMean: statistics computed elsewhere, given as inputs
+
+
+class Fisher:
+    """Fisher merging (Matena & Raffel 2022): θ = Σ_t w_t F_t θ_t / Σ_t w_t F_t per parameter,
+    with each model's diagonal Fisher ``F_t`` given (floored at ``floor``). Parameters without a
+    Fisher in every model are averaged; where all Fishers are 0 the plain mean is used."""
+
+    def prepare(self, job: MergeJob, p: dict) -> Any:
+        if p["fishers"] is None:
+            raise TiesnbError("method 'fisher' needs 'fishers': one diagonal Fisher (state dict or checkpoint) per model")
+        fishers = [open_source(f, f"fisher {i}") for i, f in enumerate(p["fishers"])]
+        job.check_aux(fishers, "fisher")
+        have = [set(f.names()) for f in fishers]
+        partial = sorted((set.union(*have) - set.intersection(*have)))
+        if partial:
+            raise TiesnbError(f"Fisher given for some models but not all: {', '.join(partial[:5])}")
+        return fishers, _weights(job, p), set.intersection(*have)
+
+    def tensor(self, job: MergeJob, p: dict, state, name: str) -> Iterator[torch.Tensor]:
+        fishers, w, covered = state
+        for start, stop in job.ranges(name):
+            _, X = job.read_chunk(name, start, stop, delta=False)
+            if name not in covered:
+                yield K.rowsum(X) / job.n
+                continue
+            Fm = torch.stack([f.read(name, start, stop).to(job.device, torch.float32) for f in fishers])
+            if not bool(torch.isfinite(Fm).all()):
+                raise TiesnbError(f"non-finite values in the Fisher of '{name}'")
+            Fm = Fm.clamp_min_(p["floor"])
+            if w is not None:
+                Fm.mul_(w.unsqueeze(1))
+            den = K.rowsum(Fm)
+            num = K.rowsum(Fm * X)
+            yield torch.where(den > 0, num / torch.where(den > 0, den, 1.0), K.rowsum(X) / job.n)
+
+
+class RegMean:
+    """RegMean (Jin et al. 2023): each linear layer's weight W (out × in) is the least-squares
+    merge W = (Σ_t W_t G̃_t)(Σ_t G̃_t)⁻¹, with ``G_t`` the Gram matrix of the layer's inputs on
+    task t's data (given, keyed by the weight's name) and ``G̃ = α G + (1 − α) diag(G)``.
+    Every other parameter is averaged."""
+
+    def prepare(self, job: MergeJob, p: dict) -> Any:
+        if p["grams"] is None:
+            raise TiesnbError("method 'regmean' needs 'grams': one state dict or checkpoint of input Gram matrices per model")
+        grams = [open_source(g, f"grams {i}") for i, g in enumerate(p["grams"])]
+
+        def gram_shape(n):
+            shape = job.specs[n].shape
+            if len(shape) != 2:
+                raise TiesnbError(f"Gram matrix given for '{n}', which is not a 2-D linear weight {shape}")
+            return (shape[1], shape[1])
+
+        job.check_aux(grams, "grams", shape_of=gram_shape)
+        have = [set(g.names()) for g in grams]
+        partial = sorted(set.union(*have) - set.intersection(*have))
+        if partial:
+            raise TiesnbError(f"Gram matrices given for some models but not all: {', '.join(partial[:5])}")
+        return grams, set.intersection(*have)
+
+    def tensor(self, job: MergeJob, p: dict, state, name: str) -> Iterator[torch.Tensor]:
+        grams, covered = state
+        if name not in covered:
+            for start, stop in job.ranges(name):
+                _, X = job.read_chunk(name, start, stop, delta=False)
+                yield K.rowsum(X) / job.n
+            return
+        alpha = p["alpha"]
+        out_dim, in_dim = job.specs[name].shape
+        lhs = torch.zeros(in_dim, in_dim, dtype=torch.float64, device=job.device)
+        rhs = torch.zeros(in_dim, out_dim, dtype=torch.float64, device=job.device)
+        for i, g in enumerate(grams):
+            G = g.tensor(name).to(job.device, torch.float64)
+            if not bool(torch.isfinite(G).all()):
+                raise TiesnbError(f"non-finite values in Gram matrix {i} of '{name}'")
+            G = alpha * G + (1 - alpha) * torch.diag_embed(torch.diagonal(G))
+            W = job.full_row(name, i, delta=False).reshape(out_dim, in_dim).double()
+            lhs += G
+            rhs += G @ W.T
+        try:
+            merged = torch.linalg.solve(lhs, rhs).T
+        except RuntimeError:  # singular: an input feature never active on any task
+            merged = (torch.linalg.pinv(lhs) @ rhs).T
+        yield merged.float().reshape(-1)
+
+
+# ----------------------------------------------------------------------------------------------
+# registration
+
+_unit = lambda v: 0 < v <= 1  # noqa: E731
+_unit0 = lambda v: 0 <= v < 1  # noqa: E731
+LAM = Param(1.0, "scaling λ of the merged task vector: θ = θ0 + λ τ_m")
+WEIGHTS = Param(None, "one weight per model (default: all 1)", "weights")
+
+register(Method("average", "mean of the fine-tuned weights (model soup); no task vectors, no λ",
+                {"weights": Param(None, "one weight per model for a weighted mean (default: plain mean)", "weights")},
+                Average()))
+
+register(Method("task_arithmetic", "θ0 + λ Σ_t w_t (θ_t − θ0) (Ilharco et al. 2023)",
+                {"lam": Param(1.0, "scaling λ of the summed task vectors (paper default without validation: 0.4)"),
+                 "weights": WEIGHTS},
+                TaskArithmetic()))
+
+_SPARSE = SparseMerge()
+TIES_SWITCHES = ("trim", "count", "ties", "elect", "zero_sign", "disjoint", "weighted_election", "lam")
+_ties_presets = {
+    # the paper: global top-k% (exactly int(k·d), ties by position), mass election, a sign of 0
+    # merges to 0, disjoint mean
+    "paper": dict(trim="global", count="floor", ties="index", elect="mass", zero_sign="zero",
+                  disjoint="mean", weighted_election=False, lam=1.0),
+    # prateeky2806/ties-merging: kthvalue threshold (int(k·d)+1 kept, ties at it kept), zero
+    # signs from the global majority
+    "original": dict(trim="global", count="original", ties="keep", elect="mass", zero_sign="majority",
+                     disjoint="mean", weighted_election=False, lam=1.0),
+    # FusionBench ties_merging: the original's kernel, disjoint sum, scaling factor 0.3
+    "fusionbench": dict(trim="global", count="original", ties="keep", elect="mass", zero_sign="majority",
+                        disjoint="sum", weighted_election=False, lam=0.3),
+    # mergekit ties (computing in float32): per-tensor top-k, election on weighted deltas,
+    # sum >= 0 elects +, Σ w τ / Σ w over agreeing entries
+    "mergekit": dict(trim="per_tensor", count="floor", ties="index", elect="mass", zero_sign="positive",
+                     disjoint="weighted_mean", weighted_election=True, lam=1.0),
+    # peft ties: per-tensor topk, election on unweighted pruned deltas, weights after, Σ w τ / count
+    "peft": dict(trim="per_tensor", count="floor", ties="index", elect="mass", zero_sign="positive",
+                 disjoint="mean", weighted_election=False, lam=1.0),
+}
+_COMMON = {
+    "lam": LAM,
+    "weights": WEIGHTS,
+    "weighted_election": Param(False, "apply the weights before the election (mergekit) rather than after (peft)", "bool"),
+}
+_ELECT = {
+    "elect": Param("mass", "sign election: mass = sign(Σ τ̂) (paper); count = majority vote; normfrac, "
+                   "normmass (original code's variants); none = no election (ablation)", "choice",
+                   ("mass", "count", "normfrac", "normmass", "none")),
+    "signs": Param(None, "a given sign vector (state dict or checkpoint; its signs are used) instead of "
+                   "electing: the oracle experiment with the multitask model's task vector", "source"),
+    "zero_sign": Param("zero", "an elected sign of 0: zero (merges to 0, paper), positive (mergekit, peft), "
+                       "majority (sign of the whole elected vector's sum, original)", "choice",
+                       ("zero", "positive", "majority")),
+    "disjoint": Param("mean", "merge of the agreeing entries: mean over them (paper), weighted_mean "
+                      "(Σwτ/Σw, mergekit), mean_all (over all n models: ablation), sum, max", "choice",
+                      ("mean", "weighted_mean", "mean_all", "sum", "max")),
+}
+_TRIM = {
+    "trim": Param("global", "where the top-k is taken: global = over the whole model (paper, original) "
+                  "or per_tensor (mergekit, peft)", "choice", ("global", "per_tensor")),
+    "ties": Param("index", "entries equal to the threshold: index = keep exactly the count, earlier "
+                  "positions first (deterministic); keep = keep them all (original)", "choice", ("index", "keep")),
+}
+
+register(Method(
+    "ties", "TIES-Merging (Yadav et al. 2023): trim to the top-k% magnitudes, elect a sign per "
+    "coordinate, average the agreeing entries, scale by λ",
+    {"preset": Param("paper", "sets every switch as one implementation does: paper, original, "
+                     "fusionbench, mergekit, peft (explicit parameters override it)", "choice", tuple(_ties_presets)),
+     "k": Param(0.2, "fraction of each task vector kept (paper default 0.2)", check=_unit, rule="0 < k <= 1"),
+     **_TRIM,
+     "count": Param("floor", "entries kept: floor = int(k·d); original = int(k·d) + 1 (the original's kthvalue)",
+                    "choice", ("floor", "original")),
+     **_ELECT, **_COMMON},
+    _SPARSE, fixed={"sparsify": "magnitude", "gamma": 0.0, "rescale": False, "seed": 0}, presets=_ties_presets))
+
+register(Method(
+    "dare", "DARE (Yu et al. 2024): drop each task-vector entry with probability 1 − k, rescale "
+    "the rest by 1/k, then task arithmetic",
+    {"k": Param(0.1, "fraction of entries kept (DARE's drop rate p = 1 − k)", check=_unit, rule="0 < k <= 1"),
+     "rescale": Param(True, "divide the kept entries by k", "bool"),
+     "seed": Param(0, "seed of the random drop (the mask is a function of seed, model, name, position)", "int"),
+     **_COMMON},
+    _SPARSE, fixed={"sparsify": "random", "elect": "none", "signs": None, "zero_sign": "zero",
+                    "disjoint": "sum", "trim": "per_tensor", "count": "floor", "ties": "index", "gamma": 0.0}))
+
+register(Method(
+    "dare_ties", "DARE's random drop and rescale, then TIES's sign election and disjoint merge",
+    {"k": Param(0.1, "fraction of entries kept (drop rate p = 1 − k)", check=_unit, rule="0 < k <= 1"),
+     "rescale": Param(True, "divide the kept entries by k", "bool"),
+     "seed": Param(0, "seed of the random drop", "int"),
+     **_ELECT, **_COMMON},
+    _SPARSE, fixed={"sparsify": "random", "trim": "per_tensor", "count": "floor", "ties": "index", "gamma": 0.0}))
+
+register(Method(
+    "breadcrumbs", "Model Breadcrumbs (Davari & Belilovsky 2024): drop the largest γ and the "
+    "smallest magnitudes, keeping a fraction k, then task arithmetic",
+    {"k": Param(0.8, "fraction of entries kept", check=_unit, rule="0 < k <= 1"),
+     "gamma": Param(0.01, "fraction of largest-magnitude entries dropped", check=_unit0, rule="0 <= gamma < 1"),
+     **_TRIM, **_COMMON},
+    _SPARSE, fixed={"sparsify": "band", "count": "floor", "elect": "none", "signs": None, "zero_sign": "zero",
+                    "disjoint": "sum", "rescale": False, "seed": 0}))
+
+register(Method(
+    "fisher", "Fisher merging (Matena & Raffel 2022): per-parameter weighted mean with diagonal Fishers",
+    {"fishers": Param(None, "one diagonal Fisher per model (state dict or checkpoint, keyed by parameter name)", "sources"),
+     "weights": Param(None, "one scalar weight per model", "weights"),
+     "floor": Param(0.0, "Fisher values below this are raised to it", check=lambda v: v >= 0, rule=">= 0")},
+    Fisher()))
+
+register(Method(
+    "regmean", "RegMean (Jin et al. 2023): closed-form least-squares merge of linear layers from "
+    "their input Gram matrices; other parameters averaged",
+    {"grams": Param(None, "one set of Gram matrices per model (state dict or checkpoint, keyed by the linear weight's name)", "sources"),
+     "alpha": Param(0.9, "scale of the Gram matrices' off-diagonal entries", check=lambda v: 0 <= v <= 1, rule="0 <= alpha <= 1")},
+    RegMean()))

@@ -1,0 +1,148 @@
+"""Exact top-K selection by magnitude, in bounded memory, over a stream of chunks.
+
+TIES keeps the ``k`` fraction of entries of largest magnitude in each task vector — over the
+whole model in the paper ("global"), which the original code does by concatenating the model
+into one vector and calling ``kthvalue`` on it (≈ 6-9 copies of n·d floats). Here the K-th
+largest magnitude is found exactly by a radix select on the float32 bit patterns, which for
+non-negative floats order like the values:
+
+1. pass 1 counts the top 16 bits of every ``|x|`` (32 768 bins) and finds the bin holding the
+   K-th largest;
+2. pass 2 counts the low 16 bits of the entries in that bin (65 536 bins) and finds the value.
+
+Memory is two histograms per model whatever the model size; each pass reads the data once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+HI_BINS = 1 << 15  # top 16 bits of a non-negative float32 (the sign bit is 0)
+LO_BINS = 1 << 16
+
+
+def float_of_bits(bits: int) -> float:
+    return float(torch.tensor(bits, dtype=torch.int32).view(torch.float32))
+
+
+@dataclass(frozen=True)
+class Cut:
+    """Which entries of one task vector a top-K trim keeps: those with ``|x| > value``, or
+    ``|x| >= value`` when ``inclusive``; plus, when not inclusive, the first ``extra`` entries
+    with ``|x| == value`` in flat order (the deterministic tie rule). ``kept`` counts them all."""
+
+    value: float
+    inclusive: bool
+    extra: int = 0
+    kept: int = 0
+
+    @staticmethod
+    def everything(total: int) -> "Cut":
+        return Cut(0.0, True, 0, total)
+
+    @staticmethod
+    def nothing() -> "Cut":
+        return Cut(float("inf"), False, 0, 0)
+
+
+def top_count(k: float, d: int, rule: str) -> int:
+    """How many of ``d`` entries a fraction ``k`` keeps.
+
+    ``floor``: ``int(k·d)`` (mergekit, peft, and the paper's "top-k%").
+    ``original``: ``int(k·d) + 1``, what the original code's ``kthvalue(d − int(d·k))`` keeps when
+    values are distinct (it fails at k = 1; here that keeps everything).
+    """
+    K = int(k * d)  # the same expression as every implementation, float rounding included
+    if rule == "original":
+        K += 1
+    elif rule != "floor":
+        raise ValueError(rule)
+    return min(max(K, 0), d)
+
+
+class TopK:
+    """Finds the cut keeping the ``K`` largest magnitudes of a stream of float32 chunks.
+
+    Feed every chunk of absolute values with :meth:`add` (pass 1), call :meth:`advance`; if it
+    returns True feed the same stream again (pass 2) and call it once more; then :meth:`cut`.
+    ``ties``: ``keep`` keeps every entry equal to the K-th largest (the original code's ``>=``),
+    ``index`` keeps exactly K, breaking ties by flat position.
+    """
+
+    def __init__(self, K: int, ties: str = "index", device=None):
+        if ties not in ("index", "keep"):
+            raise ValueError(ties)
+        self.K, self.ties = K, ties
+        self.total = 0
+        self.stage = 1
+        self.hist = torch.zeros(HI_BINS, dtype=torch.int64, device=device)
+        self.bin = -1
+        self._cut: Cut | None = None
+
+    def add(self, a: torch.Tensor, times: int = 1) -> None:
+        bits = a.reshape(-1).view(torch.int32)
+        if self.stage == 1:
+            h = torch.bincount(bits >> 16, minlength=HI_BINS)
+            self.hist += h if times == 1 else h * times
+            self.total += bits.numel() * times
+        elif self.stage == 2:
+            low = bits[(bits >> 16) == self.bin] & 0xFFFF
+            if low.numel():
+                h = torch.bincount(low, minlength=LO_BINS)
+                self.hist2 += h if times == 1 else h * times
+
+    def advance(self) -> bool:
+        """Close a pass; True when another pass over the same data is needed."""
+        if self.stage == 1:
+            K, total = self.K, self.total
+            if K <= 0:
+                self._cut = Cut.nothing()
+            elif K >= total:
+                self._cut = Cut.everything(total)
+            else:
+                hist = self.hist.cpu()
+                above = torch.flip(torch.cumsum(torch.flip(hist, [0]), 0), [0])  # count in bins >= b
+                b = int(torch.nonzero(above >= K).max())  # highest bin whose suffix reaches K
+                self.greater = int(above[b] - hist[b])  # entries in higher bins
+                self.bin = b
+                if self.greater + int(hist[b]) == K:  # the whole bin is kept: its floor is the cut
+                    self._cut = Cut(float_of_bits(b << 16), True, 0, K)
+                else:
+                    self.hist2 = torch.zeros(LO_BINS, dtype=torch.int64, device=self.hist.device)
+                    self.stage = 2
+                    return True
+            self.stage = 3
+            return False
+        if self.stage == 2:
+            hist2 = self.hist2.cpu()
+            need = self.K - self.greater
+            above = torch.flip(torch.cumsum(torch.flip(hist2, [0]), 0), [0])
+            v = int(torch.nonzero(above >= need).max())
+            greater = self.greater + int(above[v] - hist2[v])
+            equal = int(hist2[v])
+            value = float_of_bits((self.bin << 16) | v)
+            take = self.K - greater  # 1 <= take <= equal
+            if self.ties == "keep" or take == equal:
+                self._cut = Cut(value, True, 0, greater + equal)
+            else:
+                self._cut = Cut(value, False, take, self.K)
+            self.stage = 3
+            return False
+        return False
+
+    def cut(self) -> Cut:
+        if self._cut is None:
+            raise RuntimeError("TopK.cut() before its passes were complete")
+        return self._cut
+
+
+def cut_of_tensor(a: torch.Tensor, K: int, ties: str = "index") -> Cut:
+    """The cut for one in-memory tensor of magnitudes (two passes over it, no sort)."""
+    sel = TopK(K, ties, device=a.device)
+    sel.add(a)
+    if sel.advance():
+        sel.add(a)
+        sel.advance()
+    return sel.cut()
