@@ -14,6 +14,15 @@ from typing import Mapping, Sequence
 import torch
 
 
+def sum_models(M: torch.Tensor) -> torch.Tensor:
+    """Σ over the model axis, in model order: what ``M.sum(dim=0)`` computes on long rows (torch
+    changes the order for some row lengths, which would only move the last bit)."""
+    acc = M[0].clone()
+    for row in M[1:]:
+        acc += row
+    return acc
+
+
 def flatten(state: Mapping[str, torch.Tensor], names: Sequence[str]) -> torch.Tensor:
     return torch.cat([state[k].detach().float().reshape(-1) for k in names])
 
@@ -40,13 +49,13 @@ def trim_original(M: torch.Tensor, k: float) -> torch.Tensor:
 
 def elect_original(M: torch.Tensor, method: str = "mass") -> torch.Tensor:
     if method == "mass":
-        s = torch.sign(M.sum(dim=0))
+        s = torch.sign(sum_models(M))
     elif method in ("normfrac", "normmass"):
         frac = M ** 2 / torch.norm(M, dim=1, keepdim=True) ** 2
         if method == "normfrac":
             s = M[frac.argmax(dim=0), torch.arange(M.shape[1])].sign()
         else:
-            s = (M.sign() * frac.abs()).sum(dim=0).sign()
+            s = sum_models(M.sign() * frac.abs()).sign()
     else:
         raise ValueError(method)
     majority = torch.sign(s.sum())
@@ -59,9 +68,9 @@ def disjoint_original(M: torch.Tensor, s: torch.Tensor, how: str = "mean") -> to
     selected = M * keep
     if how == "mean":
         count = (selected != 0).sum(dim=0).float()
-        return selected.sum(dim=0) / torch.clamp(count, min=1)
+        return sum_models(selected) / torch.clamp(count, min=1)
     if how == "sum":
-        return selected.sum(dim=0)
+        return sum_models(selected)
     if how == "max":
         return selected.abs().max(dim=0).values * s
     raise ValueError(how)
@@ -84,9 +93,9 @@ def task_arithmetic_original(base, models, lam: float = 1.0, names=None) -> dict
     names = sorted(names if names is not None else [n for n, v in base.items() if v.is_floating_point()])
     flat_base = flatten(base, names)
     tvs = torch.stack([flatten(m, names) for m in models]) - flat_base
-    return unflatten(flat_base + lam * tvs.sum(dim=0), base, names)
+    return unflatten(flat_base + lam * sum_models(tvs), base, names)
 
 
 def average_original(base, models, names=None) -> dict[str, torch.Tensor]:
     names = sorted(names if names is not None else [n for n, v in base.items() if v.is_floating_point()])
-    return unflatten(torch.stack([flatten(m, names) for m in models]).mean(dim=0), base, names)
+    return unflatten(sum_models(torch.stack([flatten(m, names) for m in models])) / len(models), base, names)

@@ -1,0 +1,36 @@
+"""Shared fixtures: small models with the structure of real ones (several tensors of different
+scales, an integer buffer), kept tiny so the whole suite runs in minutes on a CPU."""
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+SHAPES = {"embed.weight": (40, 12), "layer0.w": (12, 12), "layer0.b": (12,), "layer1.w": (6, 12), "norm.w": (12,)}
+
+
+def make_models(n=4, seed=0, shapes=SHAPES, scale=(0.02, 0.3)):
+    """A base and n fine-tuned state dicts whose task vectors differ in scale per tensor and
+    conflict in sign, plus an integer buffer that must be copied, never merged."""
+    g = torch.Generator().manual_seed(seed)
+    base = {k: torch.randn(s, generator=g) for k, s in shapes.items()}
+    base["position_ids"] = torch.arange(7)
+    models = []
+    for _ in range(n):
+        m = {}
+        for k, v in base.items():
+            if v.is_floating_point():
+                s = scale[0] + (scale[1] - scale[0]) * torch.rand((), generator=g)
+                m[k] = v + s * torch.randn(v.shape, generator=g)
+            else:
+                m[k] = v.clone()
+        models.append(m)
+    return base, models
+
+
+@pytest.fixture
+def small():
+    return make_models()
