@@ -402,6 +402,31 @@ class SafetensorsWriter:
                 remaining -= len(block)
         self._next += 1
 
+    def patch(self, name: str, positions: torch.Tensor, values: torch.Tensor, window: int = 1 << 22) -> None:
+        """Overwrite elements (ascending flat ``positions``) of an already written tensor, by
+        reading, changing and rewriting windows of the file."""
+        spec = self.specs[name]
+        data = values.detach().to("cpu", spec.dtype).contiguous()
+        positions = positions.to(torch.int64)
+        item = spec.dtype.itemsize
+        shard, offset = self.where[name]
+        if self._file is not None:
+            self._file.flush()
+        fd = os.open(self.folder / self.shard_files[shard], os.O_RDWR)
+        try:
+            i, n = 0, positions.numel()
+            while i < n:
+                lo = int(positions[i])
+                j = int(torch.searchsorted(positions, lo + window))
+                hi = int(positions[j - 1]) + 1
+                buf = bytearray(os.pread(fd, (hi - lo) * item, offset + lo * item))
+                view = torch.frombuffer(buf, dtype=torch.uint8).view(spec.dtype)
+                view[positions[i:j] - lo] = data[i:j]
+                os.pwrite(fd, buf, offset + lo * item)
+                i = j
+        finally:
+            os.close(fd)
+
     def close(self) -> list[str]:
         """Finish: check every tensor was written, write the index if sharded; returns files."""
         if self._next != len(self.order):

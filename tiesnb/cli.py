@@ -69,12 +69,13 @@ def load_config(path: str | Path) -> dict:
 
 def cmd_merge(args) -> int:
     from .merge import merge_checkpoints
+    from .merge.engine import DEFAULT_CHUNK
 
     cfg = load_config(args.config)
     out = merge_checkpoints(
         cfg["method"], cfg["base"], cfg["models"], args.out, params=cfg.get("params") or {},
         include=cfg.get("include", ["*"]), exclude=cfg.get("exclude", []), tied=cfg.get("tied", []),
-        dtype=cfg.get("dtype"), device=cfg.get("device", "cpu"), chunk=cfg.get("chunk", 1 << 18),
+        dtype=cfg.get("dtype"), device=cfg.get("device", "cpu"), chunk=cfg.get("chunk", DEFAULT_CHUNK),
         progress=not args.quiet, overwrite=args.force, checksums=not args.no_checksums,
         extra_config={"config_file": str(args.config)})
     if not args.quiet:

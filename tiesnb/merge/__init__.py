@@ -73,6 +73,8 @@ def _run(job: MergeJob, method: Method, p: dict, sink) -> dict:
                 for chunk in method.impl.tensor(job, p, state, name):
                     sink.write(name, chunk)
                     bar.update(chunk.numel())
+    if hasattr(method.impl, "finish"):
+        method.impl.finish(job, p, state, sink)
     sink.close()
     report = {"seconds_prepare": round(t1 - t0, 3), "seconds_merge": round(time.perf_counter() - t1, 3),
               "merged_parameters": len(job.merged), "merged_entries": job.total,

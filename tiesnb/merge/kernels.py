@@ -109,7 +109,7 @@ def resolve_zero_signs(s: torch.Tensor, rule: str, majority: float = 0.0) -> tor
 def disjoint_merge(D: torch.Tensor, s: torch.Tensor, mode: str,
                    value_weights: torch.Tensor | None = None,
                    divisor_weights: torch.Tensor | None = None,
-                   select_negative_on_zero: bool = False) -> torch.Tensor:
+                   select_negative_on_zero: bool = False, work: torch.Tensor | None = None) -> torch.Tensor:
     """Combine the entries of ``D`` whose sign agrees with ``s`` (zeros never agree).
 
     ``mean``: their sum over their count (the paper's disjoint mean);
@@ -121,10 +121,11 @@ def disjoint_merge(D: torch.Tensor, s: torch.Tensor, mode: str,
     ``value_weights`` (n,) multiply the agreeing entries after the election (peft's order); to
     weight before the election (mergekit's order) scale ``D`` before electing instead.
     ``select_negative_on_zero`` reproduces the original code for a sign left at 0: it keeps the
-    negative entries of such columns (and ``max`` gives 0 there).
+    negative entries of such columns (and ``max`` gives 0 there). ``work``, if given, is an
+    (n, C) buffer the function may overwrite (it saves an allocation per call).
     """
     s_sel = torch.where(s == 0, -1.0, s) if select_negative_on_zero else s
-    R = (D * s_sel).clamp_min_(0)  # |τ̂| where the sign agrees, else 0
+    R = torch.mul(D, s_sel, out=work).clamp_min_(0)  # |τ̂| where the sign agrees, else 0
     if mode == "max":
         return R.amax(0) * s
     num = rowsum(R if value_weights is None else R * value_weights.to(D.dtype).unsqueeze(1))

@@ -8,17 +8,18 @@ global trim thresholds) and ``tensor`` (yield one merged tensor as float32 chunk
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import torch
+import torch.nn.functional as F
 
 from ..checkpoints import open_source
 from ..errors import TiesnbError
 from . import kernels as K
 from .engine import MergeJob
 from .registry import Method, Param, register
-from .select import Cut, TopK, cut_of_tensor, top_count
+from .select import Cut, TopK, float_of_bits, top_count
 
 
 def _weights(job: MergeJob, p: dict, name: str = "weights") -> torch.Tensor | None:
@@ -70,39 +71,83 @@ class TaskArithmetic:
 # the sparsify / elect / disjoint-merge family: ties, dare, dare_ties, breadcrumbs
 
 
+# Speed: the exact global top-k needs a radix select, two histogram passes over the model. The
+# second pass is avoided: after the first, each model's cut is known up to one histogram bin, and
+# only ~1 % of columns hold an entry in that bin. The merge pass merges every other column for
+# good, sets those aside (values and positions), and once the pass has seen them all the exact
+# cut is found from them alone; the set-aside columns are then merged and written over their
+# provisional values. The result is the same, bit for bit, as with the second pass (tested).
+DEFER = True
+# The statistics passes read big chunks (one histogram call per model and chunk); the merge pass,
+# a dozen elementwise operations over (n, C), runs far faster when (n, C) stays in the CPU cache.
+MERGE_CHUNK = None  # None: the job's chunk
+
+
+@dataclass
+class _Scope:
+    """One trim scope (the whole model, or one tensor) whose cuts are still one bin wide, and the
+    columns it set aside: positions, the n task-vector values and the base value of each."""
+
+    sel: list[TopK]
+    names: list[str] = field(default_factory=list)
+    pos: list[torch.Tensor] = field(default_factory=list)
+    vals: list[torch.Tensor] = field(default_factory=list)
+    base: list[torch.Tensor] = field(default_factory=list)
+    signs: list[torch.Tensor] = field(default_factory=list)
+
+
 @dataclass
 class SparseState:
-    cuts: list[list[Cut]] | None  # per model: [cut] (magnitude) or [outer, inner] (band); global trim
+    cuts: list[list[Cut]] | None  # global trim: per model [cut] (magnitude) or [outer, inner] (band)
     sq_norms: torch.Tensor | None  # per model: squared norm of the trimmed task vector (normfrac/normmass)
     majority: float  # sum of the whole elected sign vector (zero_sign = majority)
     weights: torch.Tensor | None
     signs: Any  # a Source of given signs (the oracle experiment) or None
     trim: "_Trimmer | None" = None  # the merge pass's trimmer (tie counters run across tensors)
+    scopes: list[_Scope] = field(default_factory=list)  # scopes with set-aside columns
+    kept: list[list[int]] | None = None
 
     def report(self) -> dict:
-        if self.cuts is None:
-            return {}
-        return {"kept": [[c.kept for c in cs] for cs in self.cuts],
-                "thresholds": [[c.value for c in cs] for cs in self.cuts]}
+        return {} if self.kept is None else {"kept_entries": self.kept}
 
 
 class _Trimmer:
     """Applies the sparsification to chunks, in model order; keeps the running tie counters of
-    the deterministic tie rule, so a fresh trimmer is made for each pass over the model."""
+    the deterministic tie rule, so a fresh trimmer is made for each pass over the model. With a
+    pending scope, its cuts keep only the entries certainly kept and :meth:`uncertain` flags the
+    columns holding an entry in a model's undecided bin."""
 
-    def __init__(self, impl: "SparseMerge", job: MergeJob, p: dict, state: SparseState):
-        self.impl, self.job, self.p, self.state = impl, job, p, state
-        self.extra_left: list[list[int]] | None = None
-        if state.cuts is not None:
-            self.extra_left = [[c.extra for c in cs] for cs in state.cuts]
-        self.cuts = state.cuts
-        self.name = None
+    def __init__(self, impl: "SparseMerge", job: MergeJob, p: dict, cuts=None, scope: _Scope | None = None,
+                 per_tensor: bool = False, defer: bool = False):
+        self.impl, self.job, self.p = impl, job, p
+        self.per_tensor, self.defer = per_tensor, defer
+        self.set_cuts(cuts, scope)
+
+    def set_cuts(self, cuts, scope: _Scope | None = None) -> None:
+        self.scope = scope
+        self.low: list[float | None] = [None] * self.job.n  # lower edge of the undecided bin
+        if scope is not None:
+            cuts = []
+            for i, sel in enumerate(scope.sel):
+                if sel.stage == 2:  # undecided: keep bins above, flag the bin itself
+                    cuts.append([Cut(float_of_bits((sel.bin + 1) << 16), True)])
+                    self.low[i] = float_of_bits(sel.bin << 16)
+                else:
+                    cuts.append([sel.cut()])
+        self.cuts = cuts
+        self.extra_left = None if cuts is None else [[c.extra for c in cs] for cs in cuts]
 
     def begin(self, name: str) -> None:
-        self.name = name
-        if self.p["sparsify"] in ("magnitude", "band") and self.p["trim"] == "per_tensor":
-            self.cuts = [self.impl.cuts_for(self.job, self.p, name, i) for i in range(self.job.n)]
-            self.extra_left = [[c.extra for c in cs] for cs in self.cuts]
+        if self.per_tensor:
+            self.job.hold(name)  # statistics and merge of this tensor then read the files once
+            sel = self.impl.select(self.job, self.p, [name], None)
+            if any(s.stage == 2 for row in sel for s in row):
+                if self.defer and self.impl.can_defer(self.p, sel):
+                    scope = _Scope([row[0] for row in sel])
+                    self.set_cuts(None, scope)
+                    return
+                self.impl.second_pass(self.job, sel, [name], None)
+            self.set_cuts([[s.cut() for s in row] for row in sel])
 
     def _top(self, row: torch.Tensor, out: torch.Tensor, i: int, j: int) -> None:
         cut = self.cuts[i][j]
@@ -121,12 +166,12 @@ class _Trimmer:
                 out[idx] = row[idx]
                 self.extra_left[i][j] = left - idx.numel()
 
-    def __call__(self, name: str, start: int, stop: int, D: torch.Tensor) -> torch.Tensor:
+    def __call__(self, name: str, start: int, stop: int, D: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         mode = self.p["sparsify"]
         if mode == "none":
             return D
-        T = torch.empty_like(D)
-        for i in range(self.job.n):
+        T = self.job.scratch("trim", D.shape) if out is None else out
+        for i in range(D.shape[0]):
             if mode == "magnitude":
                 self._top(D[i], T[i], i, 0)
             elif mode == "band":  # top(γ + k) minus top(γ): drop the largest γ, keep the next k
@@ -140,6 +185,19 @@ class _Trimmer:
                 if self.p["rescale"] and self.p["k"] > 0:
                     T[i].div_(self.p["k"])
         return T
+
+    def uncertain(self, D: torch.Tensor, T: torch.Tensor) -> torch.Tensor | None:
+        """Column indices of the chunk holding an entry in some model's undecided bin."""
+        if self.scope is None:
+            return None
+        rows = [i for i, low in enumerate(self.low) if low is not None]
+        if not rows:
+            return None
+        W = self.job.scratch("undecided", (len(rows), D.shape[1]))
+        for r, i in enumerate(rows):  # |x| >= the bin's floor, minus |x| >= the next bin's floor
+            torch.ops.aten.hardshrink.out(D[i], K.below(self.low[i]), out=W[r])
+            W[r].sub_(T[i]).abs_()
+        return torch.nonzero(K.rowsum(W)).flatten()  # |·| first: opposite entries must not cancel
 
 
 class SparseMerge:
@@ -155,28 +213,41 @@ class SparseMerge:
         g = top_count(p["gamma"], d, "floor")
         return [min(d, g + top_count(p["k"], d, "floor")), g]
 
-    def cuts_for(self, job: MergeJob, p: dict, name: str, i: int) -> list[Cut]:
-        a = job.full_row(name, i).abs_()
-        return [cut_of_tensor(a, c, p["ties"]) for c in self.counts(p, a.numel())]
-
     def rng_key(self, p: dict, i: int, name: str) -> int:
         return zlib.crc32(f"{p['seed']}|{i}|{name}".encode()) | (zlib.crc32(f"{name}|{i}|{p['seed']}".encode()) << 32)
 
-    def _global_cuts(self, job: MergeJob, p: dict) -> list[list[Cut]]:
+    def _pass(self, job: MergeJob, sel: list[list[TopK]], names: list[str], desc: str | None, stage: int) -> None:
         mult = job.multiplicity
-        d = sum(job.specs[n].numel * mult.get(n, 1) for n in job.merged)
+        for name, _, _, _, D in job.chunks(desc, names):
+            A = torch.abs(D, out=job.scratch("abs", D.shape))
+            times = mult.get(name, 1)
+
+            def add(i, A=A, times=times):
+                for s in sel[i]:
+                    if s.stage == stage:
+                        s.add(A[i], times)
+
+            job.map(add, range(job.n))
+        for row in sel:
+            for s in row:
+                if s.stage == stage:
+                    s.advance()
+
+    def select(self, job: MergeJob, p: dict, names: list[str], desc: str | None) -> list[list[TopK]]:
+        """Per model, the radix selection(s) of its top-K over ``names`` (all merged parameters
+        for the global trim, one tensor for per-tensor), after the first histogram pass."""
+        d = sum(job.specs[n].numel * job.multiplicity.get(n, 1) for n in names)
         sel = [[TopK(c, p["ties"], device=job.device) for c in self.counts(p, d)] for _ in range(job.n)]
-        for rnd in (1, 2):
-            for name, _, _, _, D in job.chunks(f"trim thresholds, pass {rnd}/2"):
-                A = D.abs_()
-                times = mult.get(name, 1)
-                for i in range(job.n):
-                    for s in sel[i]:
-                        if s.stage == rnd:
-                            s.add(A[i], times)
-            if not [s.advance() for row in sel for s in row if s.stage == rnd].count(True):
-                break
-        return [[s.cut() for s in row] for row in sel]
+        self._pass(job, sel, names, desc and f"{desc}, pass 1", 1)
+        return sel
+
+    def second_pass(self, job: MergeJob, sel: list[list[TopK]], names: list[str], desc: str | None) -> None:
+        self._pass(job, sel, names, desc and f"{desc}, pass 2", 2)
+
+    @staticmethod
+    def can_defer(p: dict, sel: list[list[TopK]]) -> bool:
+        # bin 0 holds the zeros, which the set-aside test cannot see: take the second pass then
+        return p["sparsify"] == "magnitude" and all(s.stage != 2 or s.bin > 0 for row in sel for s in row)
 
     def prepare(self, job: MergeJob, p: dict) -> SparseState:
         if p["elect"] == "none" and p["disjoint"] == "max":
@@ -191,42 +262,55 @@ class SparseMerge:
             if missing:
                 raise TiesnbError(f"the given sign vector lacks {len(missing)} merged parameter(s), e.g. {missing[0]!r}")
         state = SparseState(None, None, 0.0, w, signs)
-        if p["sparsify"] in ("magnitude", "band") and p["trim"] == "global":
-            state.cuts = self._global_cuts(job, p)
         needs_norms = p["elect"] in ("normfrac", "normmass") and signs is None
         needs_majority = p["zero_sign"] == "majority" and p["elect"] != "none"
+        per_tensor = p["sparsify"] in ("magnitude", "band") and p["trim"] == "per_tensor"
+        defer_ok = DEFER and not needs_norms and not needs_majority
+        scope = None
+        if p["sparsify"] in ("magnitude", "band") and p["trim"] == "global":
+            sel = self.select(job, p, job.merged, "trim thresholds")
+            if any(s.stage == 2 for row in sel for s in row):
+                if defer_ok and self.can_defer(p, sel):
+                    scope = _Scope([row[0] for row in sel])
+                else:
+                    self.second_pass(job, sel, job.merged, "trim thresholds")
+            if scope is None:
+                state.cuts = [[s.cut() for s in row] for row in sel]
+                state.kept = [[c.kept for c in cs] for cs in state.cuts]
         if needs_norms or needs_majority:
             # the norms come before the majority: normfrac/normmass elections need them
             if needs_norms:
                 sq = torch.zeros(job.n, dtype=torch.float64, device=job.device)
-                trim = _Trimmer(self, job, p, state)
-                current = None
-                for name, start, stop, _, D in job.chunks("trimmed norms"):
-                    if name != current:
-                        trim.begin(name)
-                        current = name
-                    T = trim(name, start, stop, D)
+                for name, start, stop, T in self._trimmed(job, p, state, "trimmed norms", per_tensor):
                     sq += T.double().square().sum(1) * job.multiplicity.get(name, 1)
                 state.sq_norms = sq
             if needs_majority:
                 total = 0.0
-                trim = _Trimmer(self, job, p, state)
-                current = None
-                for name, start, stop, _, D in job.chunks("sign majority"):
-                    if name != current:
-                        trim.begin(name)
-                        current = name
-                    T = trim(name, start, stop, D)
-                    s = self._elect(p, state, T, name, start, stop)
+                for name, start, stop, T in self._trimmed(job, p, state, "sign majority", per_tensor):
+                    s = self._elect(p, state, T, state.signs and self._signs_chunk(state, name, start, stop, T.device))
                     total += float(s.sum()) * job.multiplicity.get(name, 1)
                 state.majority = total
-        state.trim = _Trimmer(self, job, p, state)
+        state.trim = _Trimmer(self, job, p, state.cuts, scope, per_tensor=per_tensor, defer=defer_ok)
         return state
 
+    def _trimmed(self, job, p, state, desc, per_tensor):
+        """Every trimmed chunk of the model (a statistics pass needing the exact cuts)."""
+        trim = _Trimmer(self, job, p, state.cuts, per_tensor=per_tensor, defer=False)
+        current = None
+        for name, start, stop, _, D in job.chunks(desc):
+            if name != current:
+                trim.begin(name)
+                current = name
+            yield name, start, stop, trim(name, start, stop, D)
+
     # ---- merging
-    def _elect(self, p: dict, state: SparseState, T: torch.Tensor, name: str, start: int, stop: int) -> torch.Tensor:
-        if state.signs is not None:
-            return state.signs.read(name, start, stop).to(T.device, torch.float32).sign_()
+    @staticmethod
+    def _signs_chunk(state, name, start, stop, device):
+        return state.signs.read(name, start, stop).to(device, torch.float32).sign_()
+
+    def _elect(self, p: dict, state: SparseState, T: torch.Tensor, given: torch.Tensor | None) -> torch.Tensor:
+        if given is not None:
+            return given
         e = p["elect"]
         if e == "mass":
             return K.elect_mass(T)
@@ -238,25 +322,81 @@ class SparseMerge:
             return K.elect_normmass(T, state.sq_norms)
         raise ValueError(e)
 
-    def tensor(self, job: MergeJob, p: dict, state: SparseState, name: str) -> Iterator[torch.Tensor]:
-        trim = state.trim
-        trim.begin(name)
+    def _combine(self, job: MergeJob, p: dict, state: SparseState, T: torch.Tensor, base: torch.Tensor,
+                 given: torch.Tensor | None) -> torch.Tensor:
+        """Merged values of trimmed columns ``T`` (n, C): weights, election, disjoint merge, λ."""
         w = state.weights
         before = w is not None and p["weighted_election"]
         value_w = w if (w is not None and not before) else None
-        quirk = p["zero_sign"] == "majority" and state.majority == 0
-        for start, stop in job.ranges(name):
+        if before:
+            T = torch.mul(T, w.unsqueeze(1), out=job.scratch("weighted", T.shape))
+        if p["elect"] == "none" and given is None:
+            merged = K.nonzero_merge(T, p["disjoint"], value_w, w)
+        else:
+            s = self._elect(p, state, T, given)
+            s = K.resolve_zero_signs(s, p["zero_sign"], state.majority)
+            quirk = p["zero_sign"] == "majority" and state.majority == 0
+            merged = K.disjoint_merge(T, s, p["disjoint"], value_w, w, select_negative_on_zero=quirk,
+                                      work=job.scratch("agree", T.shape))
+        return base + p["lam"] * merged
+
+    def tensor(self, job: MergeJob, p: dict, state: SparseState, name: str) -> Iterator[torch.Tensor]:
+        trim = state.trim
+        trim.begin(name)
+        scope = trim.scope
+        if scope is not None and (not state.scopes or state.scopes[-1] is not scope):
+            state.scopes.append(scope)
+        for start, stop in job.ranges(name, MERGE_CHUNK):
             base, D = job.read_chunk(name, start, stop)
+            given = state.signs and self._signs_chunk(state, name, start, stop, D.device)
             T = trim(name, start, stop, D)
-            if before:
-                T = T * w.unsqueeze(1)
-            if p["elect"] == "none" and state.signs is None:
-                merged = K.nonzero_merge(T, p["disjoint"], value_w, w)
-            else:
-                s = self._elect(p, state, T, name, start, stop)
-                s = K.resolve_zero_signs(s, p["zero_sign"], state.majority)
-                merged = K.disjoint_merge(T, s, p["disjoint"], value_w, w, select_negative_on_zero=quirk)
-            yield base + p["lam"] * merged
+            idx = trim.uncertain(D, T)
+            if idx is not None and idx.numel():
+                scope.names.append(name)
+                scope.pos.append(idx + start)
+                scope.vals.append(D[:, idx].clone())
+                scope.base.append(base[idx].clone())
+                scope.signs.append(None if given is None else given[idx].clone())
+            yield self._combine(job, p, state, T, base, given)
+        job.hold(None)
+
+    def finish(self, job: MergeJob, p: dict, state: SparseState, sink) -> None:
+        """Merge the set-aside columns with the exact cuts and write them over the provisional
+        values (and over every tied alias of their tensors)."""
+        kept = []
+        for scope in state.scopes:
+            if not scope.pos:
+                continue
+            mult = job.multiplicity
+            vals = torch.cat(scope.vals, dim=1)  # (n, M), in flat order
+            A = vals.abs()
+            offsets = [0]
+            for v in scope.vals:
+                offsets.append(offsets[-1] + v.shape[1])
+            lengths = torch.tensor([v.shape[1] for v in scope.vals])
+            times = torch.repeat_interleave(torch.tensor([mult.get(n, 1) for n in scope.names]), lengths)
+            for i, sel in enumerate(scope.sel):
+                if sel.stage == 2:  # every entry of the undecided bin is in the set-aside columns
+                    for m in times.unique().tolist():
+                        sel.add(A[i] if not mult else A[i][times == m], m)
+                    sel.advance()
+            cuts = [[s.cut() for s in scope.sel]]
+            exact = _Trimmer(self, job, p, [[s.cut()] for s in scope.sel])
+            T = exact("", 0, 0, vals, out=torch.empty_like(vals))
+            given = torch.cat(scope.signs) if scope.signs[0] is not None else None
+            out = self._combine(job, p, state, T, torch.cat(scope.base), given)
+            kept.append([c.kept for c in cuts[0]])
+            by_name: dict[str, list[int]] = {}
+            for j, name in enumerate(scope.names):
+                by_name.setdefault(name, []).append(j)
+            for name, js in by_name.items():
+                pos = torch.cat([scope.pos[j] for j in js]).cpu()
+                values = torch.cat([out[offsets[j]:offsets[j + 1]] for j in js])
+                for target in [name] + [a for a, src in job.alias_of.items() if src == name]:
+                    sink.patch(target, pos, values)
+        if state.cuts is None and state.scopes and not p["trim"] == "per_tensor":
+            state.kept = [[k] for k in kept[0]] if kept else None
+        state.scopes.clear()
 
 
 # ----------------------------------------------------------------------------------------------

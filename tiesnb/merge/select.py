@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 HI_BINS = 1 << 15  # top 16 bits of a non-negative float32 (the sign bit is 0)
@@ -62,6 +63,16 @@ def top_count(k: float, d: int, rule: str) -> int:
     return min(max(K, 0), d)
 
 
+def _bin_of_rank(hist: np.ndarray, K: int) -> tuple[int, int]:
+    """The bin holding the K-th largest entry (1-based) of a histogram ordered by value, and how
+    many entries lie in higher bins."""
+    below = np.cumsum(hist)  # entries in bins <= b
+    total = int(below[-1])
+    # highest b with (entries in bins >= b) >= K, i.e. below[b - 1] <= total - K
+    b = int(np.searchsorted(below, total - K, side="right"))
+    return b, total - int(below[b])
+
+
 class TopK:
     """Finds the cut keeping the ``K`` largest magnitudes of a stream of float32 chunks.
 
@@ -102,10 +113,8 @@ class TopK:
             elif K >= total:
                 self._cut = Cut.everything(total)
             else:
-                hist = self.hist.cpu()
-                above = torch.flip(torch.cumsum(torch.flip(hist, [0]), 0), [0])  # count in bins >= b
-                b = int(torch.nonzero(above >= K).max())  # highest bin whose suffix reaches K
-                self.greater = int(above[b] - hist[b])  # entries in higher bins
+                hist = self.hist.cpu().numpy()
+                b, self.greater = _bin_of_rank(hist, K)
                 self.bin = b
                 if self.greater + int(hist[b]) == K:  # the whole bin is kept: its floor is the cut
                     self._cut = Cut(float_of_bits(b << 16), True, 0, K)
@@ -116,11 +125,9 @@ class TopK:
             self.stage = 3
             return False
         if self.stage == 2:
-            hist2 = self.hist2.cpu()
-            need = self.K - self.greater
-            above = torch.flip(torch.cumsum(torch.flip(hist2, [0]), 0), [0])
-            v = int(torch.nonzero(above >= need).max())
-            greater = self.greater + int(above[v] - hist2[v])
+            hist2 = self.hist2.cpu().numpy()
+            v, greater_in_bin = _bin_of_rank(hist2, self.K - self.greater)
+            greater = self.greater + greater_in_bin
             equal = int(hist2[v])
             value = float_of_bits((self.bin << 16) | v)
             take = self.K - greater  # 1 <= take <= equal
