@@ -113,10 +113,12 @@ def child_original(base: str, models: list[str], out: str) -> None:
 # measurement
 
 
-def run_measured(cmd: list[str]) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MiB) of one process."""
+def run_measured(cmd: list[str], checksum_cache: Path) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MiB) of one process (with no remembered input checksums)."""
+    checksum_cache.unlink(missing_ok=True)
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TIESNB_CHECKSUM_CACHE": str(checksum_cache)}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     err = proc.stderr.read().decode()
@@ -192,7 +194,7 @@ def main() -> None:
     for label, cmd in commands.items():
         runs = []
         for r in range(args.repeats):
-            runs.append(run_measured(cmd))
+            runs.append(run_measured(cmd, work / "checksums.json"))
             print(f"  {label}: {runs[-1][0]:.2f} s, {runs[-1][1]:.0f} MiB", file=sys.stderr)
         results[label] = (statistics.median(w for w, _ in runs), max(m for _, m in runs))
 

@@ -2,12 +2,15 @@
 scales, an integer buffer), kept tiny so the whole suite runs in minutes on a CPU."""
 
 import os
+import tempfile
 
 import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# remembered checksums go to a throw-away place, not the repository's cache
+os.environ.setdefault("TIESNB_CHECKSUM_CACHE", os.path.join(tempfile.mkdtemp(prefix="tiesnb-test-"), "checksums.json"))
 
 SHAPES = {"embed.weight": (40, 12), "layer0.w": (12, 12), "layer0.b": (12,), "layer1.w": (6, 12), "norm.w": (12,)}
 

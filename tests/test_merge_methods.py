@@ -405,9 +405,9 @@ def test_set_aside_columns_give_the_same_bits_as_a_second_pass(monkeypatch, para
         params = {"signs": {k: torch.randn(v.shape) for k, v in base.items() if v.is_floating_point()}}
     calls = []
     real = M.SparseMerge.finish
-    monkeypatch.setattr(M.SparseMerge, "finish", lambda *a: (calls.append(len(a[3].scopes)), real(*a)))
+    monkeypatch.setattr(M.SparseMerge, "finish", lambda *a, **k: (calls.append(sum(len(s.pos) for s in a[3].scopes)), real(*a, **k)))
     fast = merge("ties", base, models, chunk=chunk, **params)
-    assert calls and calls[0] > 0  # columns were set aside
+    assert max(calls) > 0  # columns were set aside
     monkeypatch.setattr(M, "DEFER", False)
     plain = merge("ties", base, models, chunk=chunk, **params)
     assert all(torch.equal(fast[n], plain[n]) for n in base)

@@ -106,3 +106,36 @@ def sha256_file(path: str | os.PathLike, block: int = 1 << 23) -> str:
         while n := f.readinto(view):
             h.update(view[:n])
     return h.hexdigest()
+
+
+def _checksum_cache_path() -> Path:
+    from . import paths
+
+    return Path(os.environ.get("TIESNB_CHECKSUM_CACHE", paths.ROOT / ".cache" / "checksums.json"))
+
+
+def sha256_cached(path: str | os.PathLike) -> str:
+    """:func:`sha256_file`, remembered per (path, size, mtime, inode) so that a sweep merging
+    the same checkpoints again does not hash them again (as git's index does)."""
+    path = Path(path).resolve()
+    st = path.stat()
+    key = f"{path}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}"
+    cache_path = _checksum_cache_path()
+    try:
+        cache = json.loads(cache_path.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    if key in cache:
+        return cache[key]
+    digest = sha256_file(path)
+    try:
+        cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+    except (OSError, ValueError):
+        cache = {}
+    cache[key] = digest
+    try:
+        with atomic_path(cache_path) as tmp:
+            tmp.write_text(json.dumps(cache, indent=0))
+    except OSError:
+        pass  # a read-only cache location only costs speed
+    return digest

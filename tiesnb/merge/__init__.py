@@ -23,7 +23,7 @@ import torch
 
 from ..checkpoints import open_source, resolve_checkpoint_files, Source
 from ..errors import TiesnbError
-from ..io import atomic_dir, sha256_file, write_json
+from ..io import atomic_dir, sha256_cached, write_json
 from . import methods as _methods  # noqa: F401  (registers the methods)
 from .engine import DEFAULT_CHUNK, DictSink, FileSink, MergeJob
 from .registry import METHODS, Method, get_method
@@ -73,8 +73,10 @@ def _run(job: MergeJob, method: Method, p: dict, sink) -> dict:
                 for chunk in method.impl.tensor(job, p, state, name):
                     sink.write(name, chunk)
                     bar.update(chunk.numel())
+                if hasattr(method.impl, "finish"):  # complete what waited for this tensor
+                    method.impl.finish(job, p, state, sink, final=False)
     if hasattr(method.impl, "finish"):
-        method.impl.finish(job, p, state, sink)
+        method.impl.finish(job, p, state, sink, final=True)
     sink.close()
     report = {"seconds_prepare": round(t1 - t0, 3), "seconds_merge": round(time.perf_counter() - t1, 3),
               "merged_parameters": len(job.merged), "merged_entries": job.total,
@@ -142,7 +144,7 @@ def merge_checkpoints(method: str, base: str | os.PathLike, models: Sequence[str
         inputs += [Path(x) for x in (p.get(extra) or []) if isinstance(x, (str, os.PathLike))]
     files = sorted({f for x in inputs for f in resolve_checkpoint_files(x)})
     pool = ThreadPoolExecutor(max_workers=1) if checksums else None
-    sums = {str(f): pool.submit(sha256_file, f) for f in files} if pool else {}
+    sums = {str(f): pool.submit(sha256_cached, f) for f in files} if pool else {}
     out = Path(out)
     try:
         with atomic_dir(out, overwrite=overwrite) as tmp:

@@ -83,17 +83,36 @@ DEFER = True
 MERGE_CHUNK = None  # None: the job's chunk
 
 
-@dataclass
 class _Scope:
     """One trim scope (the whole model, or one tensor) whose cuts are still one bin wide, and the
-    columns it set aside: positions, the n task-vector values and the base value of each."""
+    columns it set aside, in flat order: positions, the n task-vector values, the base value (and
+    the given sign) of each. Storage is allocated once: a set-aside column holds an entry of some
+    model's undecided bin, so there are at most as many as those bins hold."""
 
-    sel: list[TopK]
-    names: list[str] = field(default_factory=list)
-    pos: list[torch.Tensor] = field(default_factory=list)
-    vals: list[torch.Tensor] = field(default_factory=list)
-    base: list[torch.Tensor] = field(default_factory=list)
-    signs: list[torch.Tensor] = field(default_factory=list)
+    def __init__(self, sel: list[TopK], job: MergeJob, with_signs: bool):
+        self.sel = sel
+        self.complete = False  # every column of the scope has been through the merge pass
+        cap = sum(int(s.hist[s.bin]) for s in sel if s.stage == 2)
+        self.vals = torch.empty(job.n, cap, device=job.device)
+        self.base = torch.empty(cap, device=job.device)
+        self.pos = torch.empty(cap, dtype=torch.int64)
+        self.signs = torch.empty(cap, device=job.device) if with_signs else None
+        self.segments: list[list] = []  # [name, begin, end] runs of the arrays
+        self.size = 0
+
+    def add(self, name: str, idx: torch.Tensor, start: int, D: torch.Tensor, base: torch.Tensor,
+            given: torch.Tensor | None) -> None:
+        a, b = self.size, self.size + idx.numel()
+        self.vals[:, a:b] = D[:, idx]
+        self.base[a:b] = base[idx]
+        self.pos[a:b] = (idx + start).cpu()
+        if self.signs is not None:
+            self.signs[a:b] = given[idx]
+        if self.segments and self.segments[-1][0] == name:
+            self.segments[-1][2] = b
+        else:
+            self.segments.append([name, a, b])
+        self.size = b
 
 
 @dataclass
@@ -143,7 +162,7 @@ class _Trimmer:
             sel = self.impl.select(self.job, self.p, [name], None)
             if any(s.stage == 2 for row in sel for s in row):
                 if self.defer and self.impl.can_defer(self.p, sel):
-                    scope = _Scope([row[0] for row in sel])
+                    scope = _Scope([row[0] for row in sel], self.job, self.p.get("signs") is not None)
                     self.set_cuts(None, scope)
                     return
                 self.impl.second_pass(self.job, sel, [name], None)
@@ -221,13 +240,10 @@ class SparseMerge:
         for name, _, _, _, D in job.chunks(desc, names):
             A = torch.abs(D, out=job.scratch("abs", D.shape))
             times = mult.get(name, 1)
-
-            def add(i, A=A, times=times):
+            for i in range(job.n):
                 for s in sel[i]:
                     if s.stage == stage:
                         s.add(A[i], times)
-
-            job.map(add, range(job.n))
         for row in sel:
             for s in row:
                 if s.stage == stage:
@@ -271,7 +287,7 @@ class SparseMerge:
             sel = self.select(job, p, job.merged, "trim thresholds")
             if any(s.stage == 2 for row in sel for s in row):
                 if defer_ok and self.can_defer(p, sel):
-                    scope = _Scope([row[0] for row in sel])
+                    scope = _Scope([row[0] for row in sel], job, signs is not None)
                 else:
                     self.second_pass(job, sel, job.merged, "trim thresholds")
             if scope is None:
@@ -352,51 +368,46 @@ class SparseMerge:
             T = trim(name, start, stop, D)
             idx = trim.uncertain(D, T)
             if idx is not None and idx.numel():
-                scope.names.append(name)
-                scope.pos.append(idx + start)
-                scope.vals.append(D[:, idx].clone())
-                scope.base.append(base[idx].clone())
-                scope.signs.append(None if given is None else given[idx].clone())
+                scope.add(name, idx, start, D, base, given)
             yield self._combine(job, p, state, T, base, given)
+        if trim.per_tensor and scope is not None:
+            scope.complete = True
         job.hold(None)
 
-    def finish(self, job: MergeJob, p: dict, state: SparseState, sink) -> None:
-        """Merge the set-aside columns with the exact cuts and write them over the provisional
-        values (and over every tied alias of their tensors)."""
+    def finish(self, job: MergeJob, p: dict, state: SparseState, sink, final: bool) -> None:
+        """Merge the set-aside columns of every complete scope with the exact cuts and write them
+        over the provisional values (and over every tied alias of their tensors)."""
         kept = []
-        for scope in state.scopes:
-            if not scope.pos:
+        done = [s for s in state.scopes if s.complete or final]
+        state.scopes = [s for s in state.scopes if s not in done]
+        for scope in done:
+            M = scope.size
+            if not M:
                 continue
             mult = job.multiplicity
-            vals = torch.cat(scope.vals, dim=1)  # (n, M), in flat order
-            A = vals.abs()
-            offsets = [0]
-            for v in scope.vals:
-                offsets.append(offsets[-1] + v.shape[1])
-            lengths = torch.tensor([v.shape[1] for v in scope.vals])
-            times = torch.repeat_interleave(torch.tensor([mult.get(n, 1) for n in scope.names]), lengths)
             for i, sel in enumerate(scope.sel):
                 if sel.stage == 2:  # every entry of the undecided bin is in the set-aside columns
-                    for m in times.unique().tolist():
-                        sel.add(A[i] if not mult else A[i][times == m], m)
+                    if not mult:
+                        sel.add(scope.vals[i, :M].abs())
+                    else:
+                        for name, a, b in scope.segments:
+                            sel.add(scope.vals[i, a:b].abs(), mult.get(name, 1))
                     sel.advance()
-            cuts = [[s.cut() for s in scope.sel]]
-            exact = _Trimmer(self, job, p, [[s.cut()] for s in scope.sel])
-            T = exact("", 0, 0, vals, out=torch.empty_like(vals))
-            given = torch.cat(scope.signs) if scope.signs[0] is not None else None
-            out = self._combine(job, p, state, T, torch.cat(scope.base), given)
-            kept.append([c.kept for c in cuts[0]])
-            by_name: dict[str, list[int]] = {}
-            for j, name in enumerate(scope.names):
-                by_name.setdefault(name, []).append(j)
-            for name, js in by_name.items():
-                pos = torch.cat([scope.pos[j] for j in js]).cpu()
-                values = torch.cat([out[offsets[j]:offsets[j + 1]] for j in js])
-                for target in [name] + [a for a, src in job.alias_of.items() if src == name]:
-                    sink.patch(target, pos, values)
-        if state.cuts is None and state.scopes and not p["trim"] == "per_tensor":
-            state.kept = [[k] for k in kept[0]] if kept else None
-        state.scopes.clear()
+            cuts = [s.cut() for s in scope.sel]
+            kept.append([c.kept for c in cuts])
+            exact = _Trimmer(self, job, p, [[c] for c in cuts])  # its tie counters run in flat order
+            out = torch.empty(M, device=job.device)
+            for a in range(0, M, job.chunk):
+                b = min(M, a + job.chunk)
+                D = scope.vals[:, a:b].contiguous()
+                T = exact("", 0, 0, D)
+                given = None if scope.signs is None else scope.signs[a:b]
+                out[a:b] = self._combine(job, p, state, T, scope.base[a:b], given)
+            for name, a, b in scope.segments:
+                for target in [name] + [x for x, src in job.alias_of.items() if src == name]:
+                    sink.patch(target, scope.pos[a:b], out[a:b])
+        if final and state.cuts is None and kept and p["trim"] == "global":
+            state.kept = [[k] for k in kept[0]]
 
 
 # ----------------------------------------------------------------------------------------------
