@@ -1,0 +1,142 @@
+"""Evaluation of encoders through the fixed heads, and the per-model statistics that Fisher
+merging and RegMean need.
+
+:class:`Evaluator` keeps one encoder module and the tokenised splits, so evaluating another
+state dict costs only the forward passes: batched by length (least padding), in inference mode,
+with a progress bar. Results are tidy rows — task, split, method, hyperparameters, accuracy —
+that the notebooks tabulate.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import models
+from .data import TaskData
+from .errors import TiesnbError
+from .train import device, heads_module, resolve_autocast
+
+
+class Evaluator:
+    """Accuracy of any encoder state dict on any of ``data``'s tasks and splits."""
+
+    def __init__(self, data: Mapping[str, TaskData], heads_state: Mapping[str, torch.Tensor], max_len: int = 64,
+                 batch_size: int = 32, autocast: str = "auto", progress: bool = True):
+        self.data = dict(data)
+        self.dev = device()
+        self.bf16 = resolve_autocast(autocast, self.dev)
+        self.heads = heads_module(heads_state, list(self.data)).to(self.dev)
+        self.encoder = models.load_encoder(device=self.dev).eval()
+        self.max_len, self.batch_size, self.progress = max_len, batch_size, progress
+        self._encoded: dict[tuple[str, str], list] = {}
+
+    def encoded(self, task: str, split: str) -> list:
+        key = (task, split)
+        if key not in self._encoded:
+            if task not in self.data:
+                raise TiesnbError(f"task {task!r} is not loaded in this evaluator; loaded: {', '.join(self.data)}")
+            self._encoded[key] = models.encode(self.data[task].split(split), self.max_len)
+        return self._encoded[key]
+
+    def predictions(self, state: Mapping[str, torch.Tensor] | None, task: str, split: str) -> torch.Tensor:
+        """Predicted label of every example (``state`` None: the pretrained encoder)."""
+        models.load_state(self.encoder, state if state is not None else models.pretrained_state())
+        enc = self.encoded(task, split)
+        preds = torch.empty(len(enc), dtype=torch.long)
+        with torch.inference_mode(), torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=self.bf16):
+            for idx in models.length_batches(enc, self.batch_size):
+                pooled = models.pooled(self.encoder, models.collate([enc[i] for i in idx], self.dev))
+                preds[idx] = self.heads(task, pooled.float()).argmax(-1).cpu()
+        return preds
+
+    def accuracy(self, state: Mapping[str, torch.Tensor] | None, task: str, split: str) -> float:
+        preds = self.predictions(state, task, split)
+        gold = torch.tensor([e.label for e in self.data[task].split(split)])
+        return float((preds == gold).float().mean())
+
+    def rows(self, state: Mapping[str, torch.Tensor] | None, tasks: Sequence[str], split: str,
+             method: str, **hparams: Any) -> list[dict]:
+        """One tidy row per task: ``task, split, method, <hparams…>, accuracy``."""
+        out = []
+        bar = tqdm(tasks, desc=f"eval {method} ({split})", disable=not self.progress, leave=False)
+        for task in bar:
+            out.append({"task": task, "split": split, "method": method, **hparams,
+                        "accuracy": self.accuracy(state, task, split)})
+        return out
+
+    def mean(self, state, tasks: Sequence[str], split: str) -> float:
+        return sum(self.accuracy(state, t, split) for t in tasks) / len(tasks)
+
+
+# ----------------------------------------------------------------------------------------------
+# statistics for Fisher merging and RegMean
+
+
+def fisher_diagonal(state: Mapping[str, torch.Tensor], task: str, data: TaskData,
+                    heads_state: Mapping[str, torch.Tensor], names: Sequence[str], n_examples: int = 64,
+                    max_len: int = 64, progress: bool = True) -> dict[str, torch.Tensor]:
+    """Diagonal Fisher of the model (encoder ``state`` + the task's head) on its training data:
+    ``E_x Σ_y p(y|x) (∂ log p(y|x) / ∂θ)²`` — the exact expectation over the labels, per
+    example (Matena & Raffel 2022) — for the parameters ``names``."""
+    dev = device()
+    heads = heads_module(heads_state, [task]).to(dev)
+    encoder = models.load_encoder(state, device=dev).eval()  # no dropout: the model's own distribution
+    params = dict(encoder.named_parameters())
+    unknown = [n for n in names if n not in params]
+    if unknown:
+        raise TiesnbError(f"Fisher requested for parameters the encoder lacks: {unknown[:3]}")
+    for n, p in params.items():
+        p.requires_grad_(n in names)
+    fisher = {n: torch.zeros_like(params[n]) for n in names}
+    examples = data.train[:n_examples]
+    enc = models.encode(examples, max_len)
+    for i in tqdm(range(len(enc)), desc=f"Fisher {task}", disable=not progress, leave=False):
+        batch = models.collate([enc[i]], dev)
+        logp = F.log_softmax(heads(task, models.pooled(encoder, batch)), -1)[0]
+        probs = logp.exp().detach()
+        for y in range(logp.shape[0]):
+            grads = torch.autograd.grad(logp[y], [params[n] for n in names], retain_graph=y + 1 < logp.shape[0])
+            for n, g in zip(names, grads):
+                fisher[n].add_(probs[y] * g.square())
+    return {n: (f / max(1, len(enc))).detach().cpu() for n, f in fisher.items()}
+
+
+def gram_matrices(state: Mapping[str, torch.Tensor], data: TaskData, n_examples: int = 256, max_len: int = 64,
+                  batch_size: int = 32, progress: bool = True, task: str = "") -> dict[str, torch.Tensor]:
+    """For every linear layer of the encoder, the mean Gram matrix ``XᵀX / N`` of its inputs
+    over the (non-padding) tokens of the training data, keyed by the layer's weight name — the
+    statistics of RegMean (Jin et al. 2023)."""
+    dev = device()
+    encoder = models.load_encoder(state, device=dev).eval()
+    grams: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+    mask_holder: dict[str, torch.Tensor] = {}
+    hooks = []
+    for name, module in encoder.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            key = f"{name}.weight"
+
+            def hook(mod, inputs, _out, key=key):
+                x = inputs[0].float()
+                m = mask_holder["mask"].reshape(-1).bool()
+                x = x.reshape(-1, x.shape[-1])[m]
+                g = x.T @ x
+                grams[key] = grams[key] + g if key in grams else g
+                counts[key] = counts.get(key, 0) + x.shape[0]
+
+            hooks.append(module.register_forward_hook(hook))
+    enc = models.encode(data.train[:n_examples], max_len)
+    try:
+        with torch.inference_mode():
+            for idx in tqdm(list(models.length_batches(enc, batch_size)), desc=f"Gram {task}", disable=not progress, leave=False):
+                batch = models.collate([enc[i] for i in idx], dev)
+                mask_holder["mask"] = batch["attention_mask"]
+                encoder(**batch)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {k: (g / counts[k]).cpu() for k, g in grams.items()}
