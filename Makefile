@@ -1,19 +1,30 @@
 # tiesnb: the front door. `make help` lists the targets.
-#   make study   set up, then run the study on the embedded default
-#   make test    set up, then run the tests
+#   make study              set up, then run the whole study on the embedded default (~30 min on 2 cores)
+#   make test               set up, then run the tests
+#   make study STUDY=smoke  the same pipeline on a few examples (what the tests run)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+TIESNB := $(BIN)/tiesnb
 STAMP  := $(VENV)/.tiesnb-installed
+STUDY  ?= default
+P      := params/$(STUDY)
+STAMPS := runs/$(STUDY)/stamps
+SRC    := $(shell find tiesnb -name '*.py') pyproject.toml
+TRAIN  := $(patsubst $(P)/%.yaml,$(STAMPS)/%.json,$(wildcard $(P)/train-*.yaml))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test study bench clean-venv
+.PHONY: help setup data test study notebooks probe train evaluate merge_sweep interference ablations \
+        lab report bench clean-study clean-venv
 
 help:  ## list the targets
-	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z_%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
-# The environment: created once, refreshed when pyproject.toml changes. torch is the CPU build
-# (pip takes it from this machine's local wheel store).
+# ---------------------------------------------------------------------------------------------
+# environment and data
+
+# Created once, refreshed when pyproject.toml changes. torch is the CPU build (pip takes it from
+# this machine's local wheel store; elsewhere from PyPI).
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q torch==2.13.0
@@ -22,14 +33,61 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)  ## create or refresh .venv (idempotent)
 
+data: setup  ## download the offline model and datasets into .cache/data (once; checksums verified)
+	$(TIESNB) data fetch
+
+# ---------------------------------------------------------------------------------------------
+# tests
+
 test: setup  ## set up, then run the tests
+	$(TIESNB) data fetch minilm bbc rotten_tomatoes
 	$(BIN)/python -m pytest -q tests
 
-study: setup  ## set up, then run the study on the embedded default
-	$(BIN)/python benchmarks/merge_bench.py --demo
+# ---------------------------------------------------------------------------------------------
+# the study: one stamp per notebook run; a run is redone when its notebook, its parameters, the
+# study's settings, the package or an upstream run changed. Training runs are independent:
+# `make -j2 study` runs two at a time.
 
-bench: setup  ## merge benchmark (writes docs/performance.md)
-	$(BIN)/python benchmarks/merge_bench.py --size-mb 300 --models 7
+study: setup data  ## set up, then run the study (STUDY=default) and write figures/ and tables
+	$(MAKE) --no-print-directory notebooks STUDY=$(STUDY)
+
+notebooks: $(STAMPS)/evaluate.json $(STAMPS)/merge_sweep.json $(STAMPS)/interference.json $(STAMPS)/ablations.json
+
+$(STAMPS)/probe.json: notebooks/probe.py $(P)/probe.yaml $(P)/study.yaml $(SRC) | $(STAMP)
+	$(TIESNB) run probe --study $(STUDY)
+
+$(STAMPS)/train-%.json: notebooks/train.py $(P)/train-%.yaml $(P)/study.yaml $(STAMPS)/probe.json $(SRC)
+	$(TIESNB) run train --study $(STUDY) --params $(P)/train-$*.yaml
+
+$(STAMPS)/evaluate.json $(STAMPS)/merge_sweep.json $(STAMPS)/interference.json: $(STAMPS)/%.json: notebooks/%.py $(P)/%.yaml $(P)/study.yaml $(TRAIN) $(SRC)
+	$(TIESNB) run $* --study $(STUDY)
+
+$(STAMPS)/ablations.json: notebooks/ablations.py $(P)/ablations.yaml $(P)/study.yaml $(STAMPS)/merge_sweep.json $(SRC)
+	$(TIESNB) run ablations --study $(STUDY)
+
+probe: $(STAMPS)/probe.json  ## one step: fit the heads
+train: $(TRAIN)  ## one step: train every task model and the multitask model
+evaluate merge_sweep interference ablations: %: $(STAMPS)/%.json  ## one step (e.g. make merge_sweep)
+
+fig-%:  ## one figure or table and what it needs, e.g. make fig-table1, make fig-sign_conflicts
+	@nb=$$($(BIN)/python -m tiesnb.pipeline owner $*) && $(MAKE) --no-print-directory $$nb STUDY=$(STUDY)
+
+# ---------------------------------------------------------------------------------------------
+# reading the results
+
+lab: setup  ## open JupyterLab on the notebooks (the .py sources open as notebooks, kept in sync)
+	$(BIN)/jupytext --set-formats ipynb,py:percent notebooks/*.py
+	$(BIN)/jupyter lab notebooks
+
+report: setup  ## render the executed notebooks and an index of figures and tables to runs/<study>/report
+	$(TIESNB) report --study $(STUDY)
+
+bench: setup  ## merge benchmark: time and peak RSS against baselines (writes docs/performance.md)
+	$(BIN)/python benchmarks/merge_bench.py --size-mb 300 --models 7 --repeats 5
+	$(BIN)/python benchmarks/merge_bench.py --size-mb 100 --models 7 --repeats 3
+
+clean-study:  ## forget the study's runs (checkpoints, caches, executed notebooks): STUDY=...
+	rm -rf runs/$(STUDY)
 
 clean-venv:  ## remove the environment
 	rm -rf $(VENV)

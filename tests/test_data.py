@@ -57,7 +57,7 @@ def fixture_bigbench(tmp_path, monkeypatch):
 
 
 def test_bigbench_reader_and_templates(fixture_bigbench):
-    ex = sources.bigbench_examples("fact_checker/fever")
+    ex = TASKS["fever"].read()
     assert ex[0] == (FIXTURE_EXAMPLES["fact_checker/fever"][0][0].replace(".", " 0.", 1), "true")
     # one read of the archive extracts every task the study uses
     cache = paths.DATA_CACHE / "bigbench"

@@ -90,9 +90,45 @@ def cmd_methods(args) -> int:
     return 0
 
 
+def cmd_run(args) -> int:
+    from .pipeline import run
+
+    out = run(args.notebook, args.study, args.params, progress=not args.quiet)
+    print(f"executed {args.notebook} -> {out}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .pipeline import report
+
+    print(f"report: {report(args.study)}")
+    return 0
+
+
+def cmd_data(args) -> int:
+    from .data.assets import ASSETS, fetch
+
+    for path in fetch(args.assets or list(ASSETS)):
+        print(f"ok  {path}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="tiesnb", description="TIES-Merging study toolkit")
     sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="run one study notebook headlessly (parameters checked first)")
+    p.add_argument("notebook", help="probe, train, evaluate, merge_sweep, interference or ablations")
+    p.add_argument("--study", default="default", help="the study: params/<study>/")
+    p.add_argument("--params", help="parameter file (default params/<study>/<notebook>.yaml)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("report", help="render the executed notebooks and an index of outputs to HTML")
+    p.add_argument("--study", default="default")
+    p.set_defaults(func=cmd_report)
+    p = sub.add_parser("data", help="download the offline model and datasets into the data cache")
+    p.add_argument("action", choices=["fetch"])
+    p.add_argument("assets", nargs="*", help="which (default: all): minilm, bbc, rotten_tomatoes, bigbench")
+    p.set_defaults(func=cmd_data)
     p = sub.add_parser("merge", help="merge checkpoints as a YAML config says")
     p.add_argument("config", help="YAML merge config (method, base, models, params, ...)")
     p.add_argument("--out", required=True, help="output folder (written atomically)")

@@ -32,7 +32,7 @@ def _pid_alive(pid: int) -> bool:
 def _remove_stale_temps(final: Path) -> None:
     """Remove temporaries that a killed run (SIGKILL, power loss) could not clean up."""
     for stale in final.parent.glob(f".{final.name}.tmp-*"):
-        pid = stale.name.rsplit("-", 1)[-1]
+        pid = stale.name.rsplit("-", 1)[-1].removesuffix(final.suffix)
         if pid.isdigit() and not _pid_alive(int(pid)):
             if stale.is_dir():
                 shutil.rmtree(stale, ignore_errors=True)
@@ -47,7 +47,7 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temps(final)
-    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}{final.suffix}"  # same extension: tools that look at it
     try:
         yield tmp
         os.replace(tmp, final)

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import re
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -218,9 +219,10 @@ def _schedule(step: int, cfg: TrainConfig) -> float:
 
 
 def finetune(cfg: TrainConfig, data: Mapping[str, TaskData], heads_state: Mapping[str, torch.Tensor],
-             progress: bool = True) -> dict[str, torch.Tensor]:
+             progress: bool = True, history: list | None = None) -> dict[str, torch.Tensor]:
     """Train the encoder (mode ``full``) or (IA)³ vectors (mode ``ia3``) on ``cfg.tasks`` with
-    the heads frozen; returns the encoder state dict, or the (IA)³ vectors."""
+    the heads frozen; returns the encoder state dict, or the (IA)³ vectors. The loss of every
+    step is appended to ``history`` if given."""
     cfg.check()
     set_threads(cfg.threads)
     dev = device()
@@ -279,6 +281,8 @@ def finetune(cfg: TrainConfig, data: Mapping[str, TaskData], heads_state: Mappin
         if not math.isfinite(value):
             raise TiesnbError(f"training {cfg.tasks} diverged at step {step} (loss {value}): lower lr")
         bar.set_postfix(loss=f"{value:.3f}")
+        if history is not None:
+            history.append(value)
     net.eval()
     return ia3_state(net) if cfg.mode == "ia3" else models.encoder_state(encoder)
 
@@ -307,9 +311,12 @@ def train_checkpoint(cfg: TrainConfig, data: Mapping[str, TaskData], heads_state
                 return out
         except (json.JSONDecodeError, KeyError):
             pass
-    state = finetune(cfg, data, heads_state, progress=progress)
+    history: list[float] = []
+    t0 = time.time()
+    state = finetune(cfg, data, heads_state, progress=progress, history=history)
+    metrics = {"seconds": round(time.time() - t0, 1), "loss": [round(x, 4) for x in history]}
     save_state_dict(state, out, overwrite=True,
-                    extra_files={"params.json": json.dumps({"resolved": resolved}, indent=2, default=str) + "\n"})
+                    extra_files={"params.json": json.dumps({"resolved": resolved, "metrics": metrics}, indent=1, default=str) + "\n"})
     return out
 
 

@@ -1,0 +1,42 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Linear probes: one fixed head per task
+#
+# Every encoder of the study — pretrained, fine-tuned, multitask, merged — is read through the
+# same linear head per task. The heads are fitted here, once, on the frozen pretrained encoder
+# (multinomial logistic regression on mean-pooled sentence embeddings), as the paper's ViT
+# protocol keeps fixed classification heads. Their accuracy with the pretrained encoder is the
+# study's "zero-shot" row.
+
+# %% tags=["parameters"]
+study: str = "default"  # which study: params/<study>/study.yaml
+
+# %%
+import pandas as pd
+
+from tiesnb.study import Study
+
+S = Study.load(study)
+data = S.data()
+pd.DataFrame([{"task": t, "labels": len(d.labels), "train": len(d.train), "val": len(d.val), "test": len(d.test)}
+              for t, d in data.items()])
+
+# %%
+heads = S.fit_heads()
+rows = S.evaluate_checkpoint(None, S.tasks, "val", "zero-shot") + S.evaluate_checkpoint(None, S.tasks, "test", "zero-shot")
+probe = pd.DataFrame(rows)
+path = S.results_path("probe.csv")
+path.parent.mkdir(parents=True, exist_ok=True)
+probe.to_csv(path, index=False)
+probe.pivot(index="task", columns="split", values="accuracy").round(3)

@@ -1,0 +1,166 @@
+"""The notebooks and their pipeline: parameter cells, strict parameter files, and every notebook
+executed by papermill on the smoke study, end to end, with the expected figures and tables."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from tiesnb import paths, pipeline
+from tiesnb.errors import TiesnbError
+from tiesnb.merge import merge
+from tiesnb.study import Study, StudyConfig
+
+NOTEBOOK_FILES = sorted(paths.NOTEBOOKS.glob("*.py"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOK_FILES, ids=lambda p: p.stem)
+def test_each_notebook_has_one_typed_parameters_cell(path):
+    params = pipeline.parameters_of(path)
+    assert params["study"] == (str, "default")
+    assert path.stem in pipeline.NOTEBOOKS
+
+
+def test_every_parameter_file_matches_its_notebook():
+    for study in ("default", "smoke"):
+        for f in sorted((paths.PARAMS / study).glob("*.yaml")):
+            if f.stem == "study":
+                Study.load(study)
+                continue
+            pipeline.resolve(f.stem.split("-")[0], f)  # raises on a bad key or type
+
+
+def test_a_misspelled_or_mistyped_parameter_stops_the_run(tmp_path):
+    bad = tmp_path / "merge_sweep.yaml"
+    bad.write_text("ties_kz: [0.2]\n")
+    with pytest.raises(TiesnbError, match="unknown parameter 'ties_kz'; valid names: study, select_split, .*ties_ks"):
+        pipeline.resolve("merge_sweep", bad)
+    bad.write_text("ties_ks: 0.2\n")
+    with pytest.raises(TiesnbError, match="parameter 'ties_ks' must be list\\[float\\], got 0.2"):
+        pipeline.resolve("merge_sweep", bad)
+    bad.write_text("lams: [1.0, 'x']\n")
+    with pytest.raises(TiesnbError, match="'lams' must be list\\[float\\]"):
+        pipeline.resolve("ablations", bad)
+
+
+def test_study_yaml_is_strict(tmp_path, monkeypatch):
+    monkeypatch.setattr(paths, "PARAMS", tmp_path)
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "study.yaml").write_text("name: x\ntasks: [fever]\nstepz: 3\n")
+    with pytest.raises(TiesnbError, match="unknown parameter 'stepz'; valid names: name, tasks"):
+        Study.load("x")
+    (tmp_path / "x" / "study.yaml").write_text("name: x\ntasks: [fever]\nautocast: off\n")  # YAML reads off as false
+    with pytest.raises(TiesnbError, match="'autocast' must be str, got False"):
+        Study.load("x")
+    with pytest.raises(TiesnbError, match="no study 'y'"):
+        Study.load("y")
+
+
+def test_owner_of_each_output():
+    assert pipeline.owner("table1.md") == "merge_sweep"
+    assert pipeline.owner("figures/sign_conflicts.png") == "interference"
+    with pytest.raises(TiesnbError, match="no notebook writes 'table9'"):
+        pipeline.owner("table9")
+
+
+def test_lambda_sweep_reuse_is_exact(monkeypatch):
+    """Study.merge computes τ_m once and scales it; it must equal a direct merge bit for bit."""
+    from conftest import make_models
+
+    base, models = make_models(3, seed=4)
+    base["embeddings.w"] = torch.randn(5)
+    for m in models:
+        m["embeddings.w"] = base["embeddings.w"].clone()
+    S = Study(StudyConfig(name="t", tasks=["a", "b", "c"]))
+    S._states = dict(zip("abc", models))
+    monkeypatch.setattr(S, "base", lambda: base)
+    for method, hp in [("ties", {"k": 0.3}), ("task_arithmetic", {}), ("dare", {"k": 0.5, "seed": 1})]:
+        for lam in (0.4, 1.3):
+            got = S.merge(method, lam=lam, **hp)
+            expected = merge(method, base, models, exclude=["embeddings.*"], lam=lam, **hp)
+            assert all(torch.equal(got[n], expected[n]) for n in expected), (method, lam)
+
+
+# ---------------------------------------------------------------------------------------------
+# the whole pipeline on the smoke study
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    env = {**os.environ, "TIESNB_RUNS": str(runs), "PYTHONWARNINGS": "ignore"}
+    order = ["probe", "train-bbc_news", "train-rotten_tomatoes", "train-multitask", "evaluate", "merge_sweep",
+             "interference", "ablations"]
+    for run in order:
+        nb = run.split("-")[0]
+        r = subprocess.run([sys.executable, "-m", "tiesnb.cli", "run", nb, "--study", "smoke", "--quiet",
+                            "--params", str(paths.PARAMS / "smoke" / f"{run}.yaml")],
+                           env=env, capture_output=True, text=True, cwd=paths.ROOT)
+        assert r.returncode == 0, f"{run} failed:\n{r.stderr[-3000:]}"
+    return runs / "smoke"
+
+
+def test_every_notebook_ran_and_recorded_its_parameters(smoke_run):
+    for run in ["probe", "train-bbc_news", "evaluate", "merge_sweep", "interference", "ablations"]:
+        stamp = json.loads((smoke_run / "stamps" / f"{run}.json").read_text())
+        assert stamp["parameters"]["study"] == "smoke"
+        assert (smoke_run / "notebooks" / f"{run}.ipynb").exists()
+    assert json.loads((smoke_run / "stamps" / "train-multitask.json").read_text())["parameters"]["task"] == "multitask"
+    for task in ("bbc_news", "rotten_tomatoes", "multitask"):
+        assert (smoke_run / "checkpoints" / task / "model.safetensors").exists()
+
+
+def test_every_figure_and_table_is_written(smoke_run):
+    figures = smoke_run / "figures"
+    tables = {"individual", "table1", "merge_sweep", "ablations"}
+    for name in (o for outs in pipeline.OUTPUTS.values() for o in outs):
+        exts = ("csv", "md") if name in tables else ("png", "pdf")
+        for ext in exts:
+            assert (figures / f"{name}.{ext}").stat().st_size > 0, f"{name}.{ext}"
+        prov = json.loads((figures / "provenance" / f"{name}.json").read_text())
+        assert prov["study"]["name"] == "smoke" and prov["notebook"] == pipeline.owner(name)
+    assert not list(figures.glob(".*tmp*"))  # no half-written outputs
+
+
+def test_tables_hold_the_expected_rows(smoke_run):
+    t1 = pd.read_csv(smoke_run / "figures" / "table1.csv")
+    methods = list(t1["method"])
+    for m in ["zero-shot", "fine-tuned", "multitask", "averaging", "task arithmetic", "TIES", "DARE", "Fisher", "RegMean"]:
+        assert m in methods, m
+    assert any(m.startswith("TIES (k = 20%") for m in methods) and any("no validation" in m for m in methods)
+    assert set(t1.columns) >= {"bbc_news", "rotten_tomatoes", "average", "paper T5-base"}
+    assert ((t1["average"] >= 0) & (t1["average"] <= 100)).all()
+    abl = pd.read_csv(smoke_run / "figures" / "ablations.csv")
+    assert list(abl["method"]) == ["TIES", "without trim", "without elect", "without disjoint mean",
+                                   "TIES with the multitask model's signs (oracle)", "without scaling (λ = 1)"]
+    ind = pd.read_csv(smoke_run / "figures" / "individual.csv")
+    assert list(ind["method"]) == ["zero-shot", "fine-tuned", "multitask"]
+    sweep = pd.read_csv(smoke_run / "figures" / "merge_sweep.csv")
+    assert len(sweep) == 1 + 2 + 2 + 1 + 1 + 1  # average, TA λ×2, TIES λ×2, DARE, Fisher, RegMean
+
+
+def test_a_rerun_reuses_the_cached_results(smoke_run):
+    cache = smoke_run / "cache" / "evaluations.jsonl"
+    before = cache.read_text()
+    env = {**os.environ, "TIESNB_RUNS": str(smoke_run.parent), "PYTHONWARNINGS": "ignore"}
+    r = subprocess.run([sys.executable, "-m", "tiesnb.cli", "run", "ablations", "--study", "smoke", "--quiet"],
+                       env=env, capture_output=True, text=True, cwd=paths.ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert cache.read_text() == before  # nothing evaluated again
+
+
+def test_a_failing_notebook_keeps_its_output_and_writes_no_stamp(smoke_run, tmp_path):
+    bad = tmp_path / "train-nope.yaml"
+    bad.write_text("task: nope\n")
+    env = {**os.environ, "TIESNB_RUNS": str(smoke_run.parent), "PYTHONWARNINGS": "ignore"}
+    r = subprocess.run([sys.executable, "-m", "tiesnb.cli", "run", "train", "--study", "smoke", "--quiet", "--params", str(bad)],
+                       env=env, capture_output=True, text=True, cwd=paths.ROOT)
+    assert r.returncode == 2
+    assert "notebook train (train-nope) failed" in r.stderr and "TiesnbError" in r.stderr
+    assert (smoke_run / "notebooks" / "train-nope.failed.ipynb").exists()
+    assert not (smoke_run / "stamps" / "train-nope.json").exists()
