@@ -39,17 +39,10 @@ CONFIG_KEYS = {
 
 
 def load_config(path: str | Path) -> dict:
-    import yaml
+    from .config import read_yaml
 
     path = Path(path)
-    try:
-        cfg = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise TiesnbError(f"config file not found: {path}") from None
-    except yaml.YAMLError as e:
-        raise TiesnbError(f"config {path} is not valid YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(cfg, dict):
-        raise TiesnbError(f"config {path} must be a mapping with keys {', '.join(CONFIG_KEYS)}")
+    cfg = read_yaml(path)
     unknown = sorted(set(cfg) - set(CONFIG_KEYS))
     if unknown:
         raise TiesnbError(f"unknown config key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "

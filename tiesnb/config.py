@@ -20,7 +20,7 @@ def read_yaml(path: str | Path) -> dict:
     try:
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError:
-        raise TiesnbError(f"parameter file not found: {path}") from None
+        raise TiesnbError(f"file not found: {path}") from None
     except yaml.YAMLError as e:
         raise TiesnbError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
     if data is None:

@@ -81,14 +81,6 @@ def _code_fingerprint() -> str:
     return h.hexdigest()[:12]
 
 
-def state_fingerprint(state: Mapping[str, torch.Tensor]) -> str:
-    h = hashlib.sha256()
-    for k in sorted(state):
-        h.update(k.encode())
-        h.update(state[k].detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
 class Study:
     """The steps of one study, from the notebooks' point of view."""
 
