@@ -14,7 +14,7 @@ SRC    := $(shell find tiesnb -name '*.py') pyproject.toml
 TRAIN  := $(patsubst $(P)/%.yaml,$(STAMPS)/%.json,$(wildcard $(P)/train-*.yaml))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data test study notebooks probe train evaluate merge_sweep interference ablations \
+.PHONY: help setup data test study notebooks probe train evaluate merge_sweep interference ablations steps \
         lab report bench clean-study clean-venv
 
 help:  ## list the targets
@@ -48,7 +48,8 @@ test: setup  ## set up, then run the tests
 # study's settings, the package or an upstream run changed. Training runs are independent:
 # `make -j2 study` runs two at a time.
 
-study: setup data  ## set up, then run the study (STUDY=default) and write figures/ and tables
+study: setup  ## set up, then run the study (STUDY=default) and write figures/ and tables
+	$(TIESNB) data fetch --study $(STUDY)
 	$(MAKE) --no-print-directory notebooks STUDY=$(STUDY)
 
 notebooks: $(STAMPS)/evaluate.json $(STAMPS)/merge_sweep.json $(STAMPS)/interference.json $(STAMPS)/ablations.json
@@ -67,7 +68,9 @@ $(STAMPS)/ablations.json: notebooks/ablations.py $(P)/ablations.yaml $(P)/study.
 
 probe: $(STAMPS)/probe.json  ## one step: fit the heads
 train: $(TRAIN)  ## one step: train every task model and the multitask model
-evaluate merge_sweep interference ablations: %: $(STAMPS)/%.json  ## one step (e.g. make merge_sweep)
+evaluate merge_sweep interference ablations: %: $(STAMPS)/%.json
+steps:  ## one step at a time: make probe | train | evaluate | merge_sweep | interference | ablations
+	@echo "make probe | train | evaluate | merge_sweep | interference | ablations  (STUDY=$(STUDY))"
 
 fig-%:  ## one figure or table and what it needs, e.g. make fig-table1, make fig-sign_conflicts
 	@nb=$$($(BIN)/python -m tiesnb.pipeline owner $*) && $(MAKE) --no-print-directory $$nb STUDY=$(STUDY)

@@ -43,7 +43,6 @@ from tiesnb.study import Study
 S = Study.load(study)
 params = {k: globals()[k] for k in ["study", "split", "keep_fractions", "trim_k", "max_subsets", "seed"]}
 tvs = S.task_vectors()
-base = S.base()
 
 # %% [markdown]
 # ## Redundancy
@@ -53,7 +52,7 @@ rows = []
 for t in S.tasks:
     for k in keep_fractions:
         def state(t=t, k=k):
-            return analysis.keep_top(tvs[t], k).apply(base)
+            return S.apply(analysis.keep_top(tvs[t], k))
 
         recipe = {"analysis": "keep_top", "model": S.checkpoint_fingerprint(t), "k": k}
         rows += S.evaluate(state, recipe, [t], split, "keep top-k", k=k, model=t)

@@ -35,6 +35,7 @@ regmean_alphas: list[float] = [0.5, 0.9, 1.0]  # RegMean: scale of the Gram matr
 default_ta_lam: float = 0.4  # paper default without validation
 default_ties_k: float = 0.2  # paper default without validation
 default_ties_lam: float = 1.0  # paper default without validation
+ties_preset: str = "paper"  # TIES switches: paper | original | fusionbench | mergekit | peft (see the README)
 
 # %%
 import pandas as pd
@@ -46,11 +47,11 @@ from tiesnb.study import MULTITASK, Study
 S = Study.load(study)
 params = {k: globals()[k] for k in ["study", "select_split", "report_split", "ta_lams", "ties_ks", "ties_lams", "dare_ks",
                                     "dare_lams", "dare_seed", "regmean_alphas", "default_ta_lam", "default_ties_k",
-                                    "default_ties_lam"]}
+                                    "default_ties_lam", "ties_preset"]}
 full = S.config.mode == "full"  # Fisher and RegMean need the full encoder's statistics
 grid = [("average", {})]
 grid += [("task_arithmetic", {"lam": lam}) for lam in ta_lams]
-grid += [("ties", {"k": k, "lam": lam}) for k in ties_ks for lam in ties_lams]
+grid += [("ties", {"k": k, "lam": lam, "preset": ties_preset}) for k in ties_ks for lam in ties_lams]
 grid += [("dare", {"k": k, "lam": lam, "seed": dare_seed}) for k in dare_ks for lam in dare_lams]
 if full:
     grid += [("fisher", {"fishers": "auto"})] + [("regmean", {"grams": "auto", "alpha": a}) for a in regmean_alphas]
@@ -74,9 +75,9 @@ def chosen(method, by):
 picks = [("average", "averaging", {})]
 picks.append(("task_arithmetic", "task arithmetic", chosen("task_arithmetic", ["lam"])))
 picks.append(("task_arithmetic", f"task arithmetic (λ = {default_ta_lam}, no validation)", {"lam": default_ta_lam}))
-picks.append(("ties", "TIES", chosen("ties", ["k", "lam"])))
+picks.append(("ties", "TIES", {**chosen("ties", ["k", "lam"]), "preset": ties_preset}))
 picks.append(("ties", f"TIES (k = {default_ties_k:.0%}, λ = {default_ties_lam:g}, no validation)",
-              {"k": default_ties_k, "lam": default_ties_lam}))
+              {"k": default_ties_k, "lam": default_ties_lam, "preset": ties_preset}))
 picks.append(("dare", "DARE", {**chosen("dare", ["k", "lam"]), "seed": dare_seed}))
 if full:
     picks.append(("fisher", "Fisher", {"fishers": "auto"}))

@@ -17,7 +17,8 @@
 # same linear head per task. The heads are fitted here, once, on the frozen pretrained encoder
 # (multinomial logistic regression on mean-pooled sentence embeddings), as the paper's ViT
 # protocol keeps fixed classification heads. Their accuracy with the pretrained encoder is the
-# study's "zero-shot" row.
+# study's "zero-shot" row. (A seq2seq study scores answer choices by rank classification and
+# needs no heads: this step then only measures the pretrained model, zero-shot.)
 
 # %% tags=["parameters"]
 study: str = "default"  # which study: params/<study>/study.yaml
@@ -28,9 +29,7 @@ import pandas as pd
 from tiesnb.study import Study
 
 S = Study.load(study)
-data = S.data()
-pd.DataFrame([{"task": t, "labels": len(d.labels), "train": len(d.train), "val": len(d.val), "test": len(d.test)}
-              for t, d in data.items()])
+S.data_summary()
 
 # %%
 heads = S.fit_heads()

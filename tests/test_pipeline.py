@@ -27,7 +27,9 @@ def test_each_notebook_has_one_typed_parameters_cell(path):
 
 
 def test_every_parameter_file_matches_its_notebook():
-    for study in ("default", "smoke"):
+    studies = sorted(str(p.parent.relative_to(paths.PARAMS)) for p in paths.PARAMS.rglob("study.yaml"))
+    assert {"default", "smoke", "paper/t5-large", "paper/ia3-t0"} <= set(studies)
+    for study in studies:
         for f in sorted((paths.PARAMS / study).glob("*.yaml")):
             if f.stem == "study":
                 Study.load(study)

@@ -431,6 +431,8 @@ class SafetensorsWriter:
         """Finish: check every tensor was written, write the index if sharded; returns files."""
         if self._next != len(self.order):
             raise RuntimeError(f"writer closed before {self.order[self._next]} was written")
+        if self._file_index == -1:  # no tensors at all: still a valid (empty) safetensors file
+            self._open(0)
         if self._file is not None:
             self._file.flush()
             os.fsync(self._file.fileno())

@@ -101,8 +101,23 @@ def cmd_report(args) -> int:
 def cmd_data(args) -> int:
     from .data.assets import ASSETS, fetch
 
-    for path in fetch(args.assets or list(ASSETS)):
+    names = args.assets or list(ASSETS)
+    if args.study:
+        from .study import Study
+
+        if Study.load(args.study).config.model != "minilm":
+            print(f"study {args.study}: its models and datasets come from the hub (or data_dir); nothing to fetch")
+            return 0
+    for path in fetch(names):
         print(f"ok  {path}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .study import Study
+
+    out = Study.load(args.study).train(args.task, progress=not args.quiet)
+    print(f"checkpoint: {out}")
     return 0
 
 
@@ -121,7 +136,13 @@ def main(argv=None) -> int:
     p = sub.add_parser("data", help="download the offline model and datasets into the data cache")
     p.add_argument("action", choices=["fetch"])
     p.add_argument("assets", nargs="*", help="which (default: all): minilm, bbc, rotten_tomatoes, bigbench")
+    p.add_argument("--study", help="only what this study needs")
     p.set_defaults(func=cmd_data)
+    p = sub.add_parser("train", help="train one model of a study without the notebook (e.g. under `accelerate launch`)")
+    p.add_argument("task", help="a task of the study, or multitask")
+    p.add_argument("--study", default="default")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_train)
     p = sub.add_parser("merge", help="merge checkpoints as a YAML config says")
     p.add_argument("config", help="YAML merge config (method, base, models, params, ...)")
     p.add_argument("--out", required=True, help="output folder (written atomically)")

@@ -9,6 +9,7 @@ variable, so nothing in the code or the notebooks names a machine-specific path.
 | DATA_CACHE | ROOT/.cache/data        | TIESNB_DATA        | downloaded data (the BIG-bench tarball) |
 | RUNS       | ROOT/runs               | TIESNB_RUNS        | checkpoints, results, executed notebooks|
 | FIGURES    | ROOT/figures            | TIESNB_FIGURES     | figures and tables of the study         |
+| PARAMS     | ROOT/params             | TIESNB_PARAMS      | the studies' parameter files            |
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ DATA_CACHE = _env_path("TIESNB_DATA", ROOT / ".cache" / "data")
 RUNS = _env_path("TIESNB_RUNS", ROOT / "runs")
 FIGURES = _env_path("TIESNB_FIGURES", ROOT / "figures")
 NOTEBOOKS = ROOT / "notebooks"
-PARAMS = ROOT / "params"
+PARAMS = _env_path("TIESNB_PARAMS", ROOT / "params")
 
 
 def study_dir(study: str) -> Path:

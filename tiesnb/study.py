@@ -25,8 +25,6 @@ import torch
 from . import __version__, paths
 from .checkpoints import load_state_dict, save_state_dict
 from .config import load_dataclass
-from .data import TaskData, load_task
-from .data.tasks import Example
 from .errors import TiesnbError
 from .io import atomic_path, sha256_cached, write_json
 
@@ -39,7 +37,12 @@ class StudyConfig:
 
     name: str
     tasks: list[str]
-    model: str = "minilm"
+    model: str = "minilm"  # minilm (the embedded study) | seq2seq (T5 / T0, rank classification)
+    model_path: str = ""  # seq2seq: the pretrained model, a local folder or a hub name
+    data_dir: str = ""  # seq2seq: local copies <dataset>/<split>.jsonl (default: the hub or its cache)
+    story_cloze_dir: str = ""  # seq2seq: the manually downloaded Story Cloze folder
+    split_seed: int = 42  # seq2seq: the shuffle of the evaluation split (the original's 42)
+    max_target_len: int = 32  # seq2seq: tokens of an answer choice
     seed: int = 0
     # data: examples per split and task (validation and test class-balanced)
     n_train: int = 2000
@@ -88,10 +91,19 @@ class Study:
         self.config = c = config
         if c.mode not in ("full", "ia3"):
             raise TiesnbError(f"study {c.name}: mode must be full or ia3, got {c.mode!r}")
+        from .families import family
+
+        self.family = family(c.model)
         self.run_dir = paths.RUNS / c.name
-        # "" keeps the figures inside the run folder (the smoke study: never over the real ones)
-        self.figures_dir = self.run_dir / "figures" if not c.figures_dir else (paths.ROOT / c.figures_dir).resolve()
-        self._data: dict[str, TaskData] | None = None
+        # "" keeps the figures inside the run folder (the smoke study: never over the real ones);
+        # "figures" is the repository's figures/ (moved by TIESNB_FIGURES)
+        if not c.figures_dir:
+            self.figures_dir = self.run_dir / "figures"
+        elif c.figures_dir == "figures":
+            self.figures_dir = paths.FIGURES
+        else:
+            self.figures_dir = (paths.ROOT / c.figures_dir).resolve()
+        self._data: dict | None = None
         self._evaluator = None
         self._states: dict[str, dict] = {}
         self._tau: dict[str, dict] = {}  # merged task vectors of the last setting, reused across λ
@@ -103,7 +115,7 @@ class Study:
     def load(cls, name: str) -> "Study":
         path = paths.PARAMS / name / "study.yaml"
         if not path.exists():
-            known = sorted(p.parent.name for p in paths.PARAMS.glob("*/study.yaml"))
+            known = sorted(str(p.parent.relative_to(paths.PARAMS)) for p in paths.PARAMS.rglob("study.yaml"))
             raise TiesnbError(f"no study {name!r}: {path} is missing; studies: {', '.join(known)}")
         return cls(load_dataclass(StudyConfig, path))
 
@@ -112,34 +124,32 @@ class Study:
         return list(self.config.tasks)
 
     # ------------------------------------------------------------------ data and heads
-    def data(self) -> dict[str, TaskData]:
+    def data(self) -> dict:
         """Every task's splits, read once and kept as JSON under the run folder."""
         if self._data is None:
-            c = self.config
-            self._data = {}
-            for task in c.tasks:
-                key = f"{task}-{c.seed}-{c.n_train}-{c.n_val}-{c.n_test}"
-                path = self.run_dir / "data" / f"{key}.json"
-                if path.exists():
-                    raw = json.loads(path.read_text())
-                    self._data[task] = TaskData(task, tuple(raw["labels"]),
-                                                *[[Example(*e) for e in raw[s]] for s in ("train", "val", "test")],
-                                                fingerprint=raw["fingerprint"])
-                else:
-                    d = load_task(task, c.n_train, c.n_val, c.n_test, c.seed)
-                    write_json(path, {"labels": d.labels, "fingerprint": d.fingerprint,
-                                      **{s: [[e.text, e.pair, e.label] for e in d.split(s)] for s in ("train", "val", "test")}})
-                    self._data[task] = d
+            self._data = self.family.load_data(self)
         return self._data
+
+    def data_summary(self):
+        """One row per task: examples per split, classes or prompt templates."""
+        import pandas as pd
+
+        rows = []
+        for t, d in self.data().items():
+            row = {"task": t, "train": len(d.train), "val": len(d.val), "test": len(d.test)}
+            if hasattr(d, "labels"):
+                row["classes"] = len(d.labels)
+            if hasattr(d, "templates"):
+                row["templates"] = len(d.templates)
+            rows.append(row)
+        return pd.DataFrame(rows)
 
     @property
     def heads_dir(self) -> Path:
         return self.run_dir / "heads"
 
     def fit_heads(self, progress: bool = True) -> dict[str, torch.Tensor]:
-        """The linear probes (reused when data and settings are unchanged)."""
-        from .train import fit_heads
-
+        """The linear probes (reused when data and settings are unchanged); none for seq2seq."""
         c = self.config
         data = self.data()
         resolved = {"data": {t: data[t].fingerprint for t in c.tasks}, "probe_examples": c.probe_examples,
@@ -147,7 +157,7 @@ class Study:
         meta = self.heads_dir / "params.json"
         if meta.exists() and json.loads(meta.read_text()).get("resolved") == json.loads(json.dumps(resolved)):
             return self.heads()
-        heads = fit_heads(data, c.probe_examples, c.probe_l2, c.max_len, c.autocast, progress)
+        heads = self.family.fit_heads(self, progress)
         save_state_dict(heads, self.heads_dir, overwrite=True,
                         extra_files={"params.json": json.dumps({"resolved": resolved}, indent=2) + "\n"})
         return heads
@@ -159,15 +169,12 @@ class Study:
 
     # ------------------------------------------------------------------ training
     def train_config(self, task: str):
-        from .train import TrainConfig
-
         c = self.config
         if task != MULTITASK and task not in c.tasks:
             raise TiesnbError(f"task {task!r} is not in study {c.name}; its tasks: {', '.join(c.tasks)} (or {MULTITASK})")
-        return TrainConfig(tasks=list(c.tasks) if task == MULTITASK else [task], mode=c.mode,
-                           steps=c.multitask_steps if task == MULTITASK else c.steps, batch_size=c.batch_size,
-                           lr=c.lr, weight_decay=c.weight_decay, warmup=c.warmup, max_len=c.max_len,
-                           train_embeddings=c.train_embeddings, seed=c.seed, autocast=c.autocast, threads=c.threads)
+        cfg = self.family.train_config(self, list(c.tasks) if task == MULTITASK else [task])
+        cfg.steps = c.multitask_steps if task == MULTITASK else c.steps
+        return cfg
 
     def checkpoint_dir(self, task: str) -> Path:
         return self.run_dir / "checkpoints" / task
@@ -176,7 +183,7 @@ class Study:
         from .train import train_checkpoint
 
         return train_checkpoint(self.train_config(task), self.data(), self.heads(), self.checkpoint_dir(task),
-                                progress=progress)
+                                progress=progress, trainer=self.family.trainer())
 
     def state(self, task: str) -> dict[str, torch.Tensor]:
         """A trained checkpoint (task model or multitask): encoder parameters, or (IA)³ vectors."""
@@ -198,77 +205,79 @@ class Study:
 
     # ------------------------------------------------------------------ what is merged
     def base(self) -> dict[str, torch.Tensor]:
-        """The point task vectors start from: the pretrained encoder, or (IA)³ vectors of ones."""
-        from .models import pretrained_state
+        """The point task vectors start from: the pretrained model, or (IA)³ vectors of ones."""
         from .train import ia3_identity
 
         if self.config.mode == "ia3":
             return ia3_identity(self.state(self.tasks[0]))
-        return pretrained_state()
+        return self.family.pretrained(self)
 
-    def merge_options(self) -> dict:
-        """Which parameters merge: the trained ones (frozen embeddings have zero task vectors and
-        would only dilute a global top-k)."""
-        if self.config.mode == "full" and not self.config.train_embeddings:
-            return {"exclude": ["embeddings.*"]}
-        return {}
+    def merge_options(self, params: Mapping[str, Any] | None = None) -> dict:
+        """Which parameters merge and how (``exclude``, ``tied``, ``multiplicity``), per family."""
+        return self.family.merge_options(self, params or {})
 
     def encoder(self, state: Mapping[str, torch.Tensor] | None) -> Mapping[str, torch.Tensor] | None:
-        """The encoder state dict that computes what a (merged) state computes."""
-        from .models import pretrained_state
+        """The model state that computes what a (merged) state computes: (IA)³ vectors are folded
+        into the pretrained weights."""
         from .train import fold_ia3
 
         if state is None or self.config.mode == "full":
             return state
-        return fold_ia3(pretrained_state(), state)
+        return fold_ia3(self.family.pretrained(self), state)
+
+    def _aliases(self) -> dict[str, str]:
+        """Tied names → the one that stands for them (the first in sorted order, as the engine)."""
+        return {a: sorted(g)[0] for g in self.merge_options().get("tied", []) for a in sorted(g)[1:]}
 
     def task_vectors(self, tasks: Sequence[str] | None = None) -> dict:
-        """Each model's task vector θ_t − θ0 over the merged parameters (kept once computed)."""
+        """Each model's task vector θ_t − θ0 over the merged parameters, tied ones once (kept once
+        computed)."""
         import fnmatch
 
         from .merge import TaskVector
 
         base = self.base()
         exclude = self.merge_options().get("exclude", [])
-        names = [n for n, v in base.items() if v.is_floating_point() and not any(fnmatch.fnmatchcase(n, p) for p in exclude)]
+        aliases = self._aliases()
+        names = [n for n, v in base.items() if v.is_floating_point() and n not in aliases
+                 and not any(fnmatch.fnmatchcase(n, p) for p in exclude)]
         for t in tasks or self.tasks:
             if t not in self._tv:
                 self._tv[t] = TaskVector.between(base, self.state(t), names)
         return {t: self._tv[t] for t in (tasks or self.tasks)}
 
+    def apply(self, tv, lam: float = 1.0) -> dict[str, torch.Tensor]:
+        """``base + λ·τ`` as a full state (tied names get their representative's value)."""
+        base = self.base()
+        out = tv.apply(base, lam)
+        for alias, rep in self._aliases().items():
+            if alias in out:
+                out[alias] = out[rep]
+        return out
+
     # ------------------------------------------------------------------ statistics
     def statistic(self, kind: str, task: str, progress: bool = True) -> dict[str, torch.Tensor]:
         """The diagonal Fisher (``fisher``) or the Gram matrices (``grams``) of a task model on
         its training data, computed once."""
-        from .evaluate import fisher_diagonal, gram_matrices
-
         c = self.config
         if c.mode != "full":
             raise TiesnbError("the Fisher and RegMean baselines are implemented for full fine-tuning (mode: full)")
+        if kind not in ("fisher", "grams"):
+            raise TiesnbError(f"unknown statistic {kind!r}: fisher or grams")
         folder = self.run_dir / "stats" / f"{kind}-{task}"
         resolved = {"checkpoint": self.checkpoint_fingerprint(task), "n": c.fisher_examples if kind == "fisher" else c.gram_examples,
                     "max_len": c.max_len, "code": _code_fingerprint()}
         meta = folder / "params.json"
         if meta.exists() and json.loads(meta.read_text()).get("resolved") == resolved:
             return load_state_dict(folder)
-        state = self.state(task)
-        if kind == "fisher":
-            names = [n for n in state if not n.startswith("embeddings.") or c.train_embeddings]
-            stat = fisher_diagonal(state, task, self.data()[task], self.heads(), names, c.fisher_examples, c.max_len, progress)
-        elif kind == "grams":
-            stat = gram_matrices(state, self.data()[task], c.gram_examples, c.max_len, progress=progress, task=task)
-        else:
-            raise TiesnbError(f"unknown statistic {kind!r}: fisher or grams")
+        stat = self.family.statistic(self, kind, task, progress)
         save_state_dict(stat, folder, overwrite=True, extra_files={"params.json": json.dumps({"resolved": resolved}) + "\n"})
         return stat
 
     # ------------------------------------------------------------------ evaluation, cached
     def evaluator(self):
-        from .evaluate import Evaluator
-
         if self._evaluator is None:
-            c = self.config
-            self._evaluator = Evaluator(self.data(), self.heads(), c.max_len, c.eval_batch_size, c.autocast, progress=False)
+            self._evaluator = self.family.evaluator(self)
         return self._evaluator
 
     def _eval_key(self, recipe: Mapping[str, Any], tasks: Sequence[str], split: str) -> str:
@@ -276,7 +285,8 @@ class Study:
         data = self.data()
         key = {"recipe": recipe, "tasks": list(tasks), "split": split,
                "data": {t: data[t].fingerprint for t in tasks}, "heads": self._heads_fingerprint(),
-               "eval": [c.max_len, c.eval_batch_size, c.autocast], "code": _code_fingerprint()}
+               "eval": [c.model, c.model_path, c.max_len, c.max_target_len, c.eval_batch_size, c.autocast],
+               "code": _code_fingerprint()}
         return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
 
     def _heads_fingerprint(self) -> str:
@@ -292,7 +302,7 @@ class Study:
             for line in path.read_text().splitlines():
                 try:
                     rec = json.loads(line)
-                    out[rec["key"]] = rec["accuracy"]
+                    out[rec["key"]] = (rec["accuracy"], rec.get("spread", {}))
                 except (json.JSONDecodeError, KeyError):
                     continue  # a line cut by an interrupted run: ignored, recomputed
         return out
@@ -303,16 +313,27 @@ class Study:
         key = self._eval_key(recipe, tasks, split)
         cache = self._cache()
         if key in cache:
-            acc = cache[key]
+            acc, spread = cache[key]
         else:
             state = self.encoder(state_fn())
             ev = self.evaluator()
-            acc = {t: ev.accuracy(state, t, split) for t in tasks}
+            acc, spread = {}, {}
+            for t in tasks:
+                acc[t] = ev.accuracy(state, t, split)
+                per_template = getattr(ev, "last_spread", {}).get((t, split))
+                if per_template:  # several prompt templates: the median is reported, and the range
+                    spread[t] = [min(per_template), max(per_template)]
             path = self._cache_path()
             path.parent.mkdir(parents=True, exist_ok=True)
             with open(path, "a") as f:  # one line per result: appending is atomic enough
-                f.write(json.dumps({"key": key, "accuracy": acc}) + "\n")
-        return [{"task": t, "split": split, "method": method, **hparams, "accuracy": acc[t]} for t in tasks]
+                f.write(json.dumps({"key": key, "accuracy": acc, "spread": spread}) + "\n")
+        rows = []
+        for t in tasks:
+            row = {"task": t, "split": split, "method": method, **hparams, "accuracy": acc[t]}
+            if t in spread:
+                row["template_min"], row["template_max"] = spread[t]
+            rows.append(row)
+        return rows
 
     def evaluate_checkpoint(self, name: str | None, tasks: Sequence[str], split: str, method: str, **hparams) -> list[dict]:
         """``name``: a task, ``multitask``, or None for the pretrained encoder with the heads."""
@@ -335,17 +356,23 @@ class Study:
                 params[key] = [self.statistic(kind, t) for t in tasks]
         if params.get("signs") == MULTITASK:
             params["signs"] = dict(self.task_vectors([MULTITASK])[MULTITASK])
+        options = self.merge_options(params)
         if method not in self.LAMBDA_METHODS or "lam" not in params:
-            return merge(method, self.base(), [self.state(t) for t in tasks], **self.merge_options(), **params)
+            return merge(method, self.base(), [self.state(t) for t in tasks], **options, **params)
         lam = params.pop("lam")
         key = json.dumps([method, tasks, {k: (str(v) if k == "signs" else v) for k, v in params.items()}], sort_keys=True, default=str)
         if key not in self._tau:
             tvs = self.task_vectors(tasks)
             zero = {n: torch.zeros_like(v) for n, v in tvs[tasks[0]].items()}
-            self._tau = {key: merge(method, zero, [dict(tvs[t]) for t in tasks], lam=1.0, **params)}
+            multiplicity = options.get("multiplicity")
+            self._tau = {key: merge(method, zero, [dict(tvs[t]) for t in tasks], lam=1.0, multiplicity=multiplicity, **params)}
         tau = self._tau[key]
         base = self.base()
-        return {n: (base[n].float() + lam * tau[n]).to(base[n].dtype) if n in tau else base[n] for n in base}
+        out = {n: (base[n].float() + lam * tau[n]).to(base[n].dtype) if n in tau else base[n] for n in base}
+        for alias, rep in self._aliases().items():
+            if alias in out:
+                out[alias] = out[rep]
+        return out
 
     def evaluate_merge(self, method: str, split: str, tasks: Sequence[str] | None = None,
                        eval_tasks: Sequence[str] | None = None, label: str | None = None, **params) -> list[dict]:
@@ -355,7 +382,7 @@ class Study:
         tasks = list(tasks or self.tasks)
         eval_tasks = list(eval_tasks or tasks)
         recipe = {"method": method, "params": params, "models": [self.checkpoint_fingerprint(t) for t in tasks],
-                  "options": self.merge_options()}
+                  "options": self.merge_options(params)}
         if params.get("signs") == MULTITASK:
             recipe["signs"] = self.checkpoint_fingerprint(MULTITASK)
         hp = {k: v for k, v in params.items() if k not in ("fishers", "grams")}

@@ -295,10 +295,12 @@ def _canonical(obj) -> str:
     return json.dumps(obj, sort_keys=True, default=str)
 
 
-def train_checkpoint(cfg: TrainConfig, data: Mapping[str, TaskData], heads_state: Mapping[str, torch.Tensor],
-                     out: str | os.PathLike, extra: Mapping | None = None, progress: bool = True) -> Path:
-    """Train and save to ``out`` (``model.safetensors`` + ``params.json``), unless ``out`` already
-    holds a checkpoint made with the identical resolved parameters (then it is reused)."""
+def train_checkpoint(cfg: TrainConfig, data: Mapping, heads_state: Mapping[str, torch.Tensor],
+                     out: str | os.PathLike, extra: Mapping | None = None, progress: bool = True,
+                     trainer=None) -> Path:
+    """Train (with ``trainer``, default :func:`finetune`) and save to ``out`` (``model.safetensors``
+    + ``params.json``), unless ``out`` already holds a checkpoint made with the identical resolved
+    parameters (then it is reused)."""
     out = Path(out)
     heads_fp = _fingerprint(heads_state)
     resolved = {"train": asdict(cfg), "data": {t: data[t].fingerprint for t in cfg.tasks}, "heads": heads_fp,
@@ -313,7 +315,9 @@ def train_checkpoint(cfg: TrainConfig, data: Mapping[str, TaskData], heads_state
             pass
     history: list[float] = []
     t0 = time.time()
-    state = finetune(cfg, data, heads_state, progress=progress, history=history)
+    state = (trainer or finetune)(cfg, data, heads_state, progress=progress, history=history)
+    if int(os.environ.get("RANK", "0")) != 0:  # under `accelerate launch` only the first process saves
+        return out
     metrics = {"seconds": round(time.time() - t0, 1), "loss": [round(x, 4) for x in history]}
     save_state_dict(state, out, overwrite=True,
                     extra_files={"params.json": json.dumps({"resolved": resolved, "metrics": metrics}, indent=1, default=str) + "\n"})

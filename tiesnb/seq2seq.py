@@ -1,0 +1,335 @@
+"""The paper-scale path: T5 / T0 models, rank classification, full fine-tuning and (IA)³ with
+``accelerate``, and the statistics of the Fisher and RegMean baselines.
+
+Rank classification, as the original: an example is an input, a list of answer choices and the
+label; a choice's score is the sum of its tokens' log-probabilities under the model given the
+input (no length normalisation); the prediction is the best-scoring choice. With several prompt
+templates per dataset, the accuracy of a dataset is the median over its templates (the original's
+``--multiple_prompts``), and the spread over templates is reported beside it. The encoder runs
+once per input; all of an input's choices are scored in one decoder pass. bf16 autocast on CUDA,
+float32 on CPU (``autocast`` in the study's settings).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .data.paper import PaperTaskData, RankExample
+from .errors import TiesnbError
+from .train import TrainConfig, resolve_autocast, set_threads
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# (IA)³ on T5: keys and values of self- and cross-attention, the FFN's intermediate activations
+T5_IA3_TARGETS = ["k", "v", "wo"]
+T5_IA3_FEEDFORWARD = ["wo"]
+
+
+@functools.lru_cache(maxsize=2)
+def _load(model_path: str):
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    from .models import _quiet_transformers
+
+    _quiet_transformers()
+    try:
+        tok = AutoTokenizer.from_pretrained(model_path)
+        model = AutoModelForSeq2SeqLM.from_pretrained(model_path)
+    except OSError as e:
+        raise TiesnbError(f"cannot load the seq2seq model {model_path!r} (a local folder, or a hub name with the hub "
+                          f"reachable): {str(e).splitlines()[0][:200]}") from None
+    return model, tok
+
+
+def load_seq2seq(model_path: str | os.PathLike, device: str | torch.device = "cpu"):
+    """A fresh copy of the model (pretrained weights) and its tokenizer."""
+    import copy
+
+    model, tok = _load(str(model_path))
+    return copy.deepcopy(model).to(device), tok
+
+
+def pretrained_state(model_path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    model, _ = _load(str(model_path))
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def tied_groups(model_path: str | os.PathLike) -> list[list[str]]:
+    """T5's tied parameters: the shared embedding, both ``embed_tokens`` and, when the word
+    embeddings are tied (T5, not T5 v1.1 / T0), ``lm_head``."""
+    model, _ = _load(str(model_path))
+    group = ["shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight"]
+    if getattr(model.config, "tie_word_embeddings", False):
+        group.append("lm_head.weight")
+    return [group]
+
+
+def original_multiplicity(model_path: str | os.PathLike) -> dict[str, int]:
+    """How the original code counted T5's tied embedding in the global top-k: it dropped both
+    ``embed_tokens`` copies but merged ``shared`` and ``lm_head`` — twice, when they are tied."""
+    group = tied_groups(model_path)[0]
+    return {min(group): 2} if "lm_head.weight" in group else {}
+
+
+# ----------------------------------------------------------------------------------------------
+# rank classification
+
+
+def _batches(n: int, size: int):
+    for s in range(0, n, size):
+        yield s, min(n, s + size)
+
+
+def choice_scores(model, tok, examples: Sequence[RankExample], batch_size: int = 16, max_input_len: int = 256,
+                  max_target_len: int = 32, bf16: bool = False, grad: bool = False) -> list[torch.Tensor]:
+    """Per example, the summed log-probability of each answer choice given the input."""
+    dev = next(model.parameters()).device
+    out: list[torch.Tensor] = []
+    ctx = torch.enable_grad() if grad else torch.inference_mode()
+    with ctx, torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+        for s, e in _batches(len(examples), batch_size):
+            batch = examples[s:e]
+            enc = tok([x.input for x in batch], truncation=True, max_length=max_input_len, padding=True,
+                      return_tensors="pt").to(dev)
+            hidden = model.get_encoder()(input_ids=enc.input_ids, attention_mask=enc.attention_mask).last_hidden_state
+            owner = torch.tensor([i for i, x in enumerate(batch) for _ in x.choices], device=dev)
+            tgt = tok([c for x in batch for c in x.choices], truncation=True, max_length=max_target_len, padding=True,
+                      return_tensors="pt").to(dev)
+            labels = tgt.input_ids.masked_fill(tgt.attention_mask == 0, -100)
+            logits = model(encoder_outputs=(hidden.index_select(0, owner),),
+                           attention_mask=enc.attention_mask.index_select(0, owner), labels=labels).logits
+            logp = logits.float().log_softmax(-1)
+            tok_logp = logp.gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1) * (labels != -100)
+            sums = tok_logp.sum(-1)
+            i = 0
+            for x in batch:
+                out.append(sums[i:i + len(x.choices)] if grad else sums[i:i + len(x.choices)].detach().cpu())
+                i += len(x.choices)
+    return out
+
+
+def rank_accuracy(model, tok, examples: Sequence[RankExample], **kw) -> float:
+    scores = choice_scores(model, tok, examples, **kw)
+    right = sum(int(torch.argmax(s)) == x.label for s, x in zip(scores, examples))
+    return right / max(1, len(examples))
+
+
+class RankEvaluator:
+    """Accuracy of any model state on any dataset: the median over the dataset's templates."""
+
+    def __init__(self, model_path: str, data: Mapping[str, PaperTaskData], max_input_len: int = 256,
+                 max_target_len: int = 32, batch_size: int = 16, autocast: str = "auto", progress: bool = True):
+        self.data = dict(data)
+        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model, self.tok = load_seq2seq(model_path, dev)
+        self.pretrained = pretrained_state(model_path)
+        self.bf16 = resolve_autocast(autocast, dev) and dev.type == "cuda"  # fp32 on CPU, as the original
+        self.kw = dict(batch_size=batch_size, max_input_len=max_input_len, max_target_len=max_target_len, bf16=self.bf16)
+        self.progress = progress
+        self.last_spread: dict[tuple[str, str], list[float]] = {}
+
+    def _load(self, state):
+        self.model.load_state_dict(state if state is not None else self.pretrained, strict=False)
+        self.model.eval()
+
+    def template_accuracies(self, state, task: str, split: str) -> list[float]:
+        self._load(state)
+        d = self.data[task]
+        accs = [rank_accuracy(self.model, self.tok, d.examples(split, t), **self.kw) for t in range(len(d.templates))]
+        self.last_spread[(task, split)] = accs
+        return accs
+
+    def accuracy(self, state, task: str, split: str) -> float:
+        return statistics.median(self.template_accuracies(state, task, split))
+
+
+# ----------------------------------------------------------------------------------------------
+# training
+
+
+@dataclass
+class Seq2SeqTrainConfig(TrainConfig):
+    """A :class:`TrainConfig` for a seq2seq model: the model to start from and target length."""
+
+    model_path: str = ""
+    max_target_len: int = 32
+
+
+def _target_batch(data: Mapping[str, PaperTaskData], picks, gen: torch.Generator):
+    """Examples for the picked records, each under a template drawn at random."""
+    out = []
+    for task, rec in picks:
+        templates = data[task].templates
+        ex = templates[int(torch.randint(len(templates), (1,), generator=gen))](rec)
+        out.append((ex.input, ex.choices[ex.label]))
+    return out
+
+
+def finetune(cfg: Seq2SeqTrainConfig, data: Mapping[str, PaperTaskData], heads_state=None, progress: bool = True,
+             history: list | None = None) -> dict[str, torch.Tensor]:
+    """Full fine-tuning or (IA)³ of a T5-style model on ``cfg.tasks`` (cross-entropy of the right
+    answer), through ``accelerate``: one GPU, several (``accelerate launch``) or CPU, unchanged."""
+    from accelerate import Accelerator
+
+    cfg.check()
+    if not cfg.model_path:
+        raise TiesnbError("model_path is empty: set it in study.yaml to the pretrained model's folder or hub name")
+    set_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    bf16 = resolve_autocast(cfg.autocast)
+    acc = Accelerator(mixed_precision="bf16" if bf16 else "no", cpu=not torch.cuda.is_available())
+    model, tok = load_seq2seq(cfg.model_path)
+    if cfg.mode == "ia3":
+        from peft import IA3Config, get_peft_model
+
+        model = get_peft_model(model, IA3Config(target_modules=T5_IA3_TARGETS, feedforward_modules=T5_IA3_FEEDFORWARD))
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warm = int(cfg.warmup * cfg.steps)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / warm if s < warm else max(0.0, (cfg.steps - s) / max(1, cfg.steps - warm)))
+    model, opt, sched = acc.prepare(model, opt, sched)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    orders = {t: [] for t in cfg.tasks}
+
+    def draw(task):
+        if not orders[task]:
+            orders[task] = torch.randperm(len(data[task].train), generator=gen).tolist()
+        return data[task].train[orders[task].pop()]
+
+    model.train()
+    bar = tqdm(range(cfg.steps), desc=f"train {'+'.join(cfg.tasks) if len(cfg.tasks) < 3 else 'multitask'} ({cfg.mode})",
+               disable=not progress or not acc.is_local_main_process, leave=False)
+    for step in bar:
+        which = torch.randint(len(cfg.tasks), (cfg.batch_size,), generator=gen).tolist()
+        pairs = _target_batch(data, [(cfg.tasks[w], draw(cfg.tasks[w])) for w in which], gen)
+        enc = tok([a for a, _ in pairs], truncation=True, max_length=cfg.max_len, padding=True, return_tensors="pt")
+        tgt = tok([b for _, b in pairs], truncation=True, max_length=cfg.max_target_len, padding=True, return_tensors="pt")
+        labels = tgt.input_ids.masked_fill(tgt.attention_mask == 0, -100)
+        with acc.autocast():
+            loss = model(input_ids=enc.input_ids.to(acc.device), attention_mask=enc.attention_mask.to(acc.device),
+                         labels=labels.to(acc.device)).loss
+        acc.backward(loss)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        value = loss.detach().item()
+        if not math.isfinite(value):
+            raise TiesnbError(f"training {cfg.tasks} diverged at step {step} (loss {value}): lower lr")
+        bar.set_postfix(loss=f"{value:.3f}")
+        if history is not None:
+            history.append(value)
+    model = acc.unwrap_model(model)
+    if cfg.mode == "ia3":
+        from .train import ia3_state
+
+        return ia3_state(model)
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# statistics
+
+
+def fisher_diagonal(model_path: str, state: Mapping[str, torch.Tensor], data: PaperTaskData, names: Sequence[str],
+                    n_examples: int = 32, max_input_len: int = 256, max_target_len: int = 32,
+                    progress: bool = True) -> dict[str, torch.Tensor]:
+    """Diagonal Fisher of the rank-classification distribution over answer choices (template 0):
+    ``E_x Σ_c p(c|x) (∂ log p(c|x) / ∂θ)²``, exactly, per example."""
+    model, tok = load_seq2seq(model_path)
+    model.load_state_dict(state, strict=False)
+    model.eval()
+    params = dict(model.named_parameters(remove_duplicate=False))  # tied names point at one tensor
+    unknown = [n for n in names if n not in params]
+    if unknown:
+        raise TiesnbError(f"Fisher requested for parameters the model lacks: {unknown[:3]}")
+    for p in params.values():
+        p.requires_grad_(False)
+    for n in names:
+        params[n].requires_grad_(True)
+    fisher = {n: torch.zeros_like(params[n]) for n in names}
+    examples = data.examples("train", 0)[:n_examples]
+    for ex in tqdm(examples, desc=f"Fisher {data.name}", disable=not progress, leave=False):
+        [scores] = choice_scores(model, tok, [ex], 1, max_input_len, max_target_len, grad=True)
+        logp = scores.log_softmax(-1)
+        probs = logp.exp().detach()
+        for c in range(len(ex.choices)):
+            grads = torch.autograd.grad(logp[c], [params[n] for n in names], retain_graph=c + 1 < len(ex.choices),
+                                        allow_unused=True)
+            for n, g in zip(names, grads):
+                if g is not None:
+                    fisher[n].add_(probs[c] * g.square())
+    return {n: (f / max(1, len(examples))).detach().cpu() for n, f in fisher.items()}
+
+
+def gram_matrices(model_path: str, state: Mapping[str, torch.Tensor], data: PaperTaskData, n_examples: int = 64,
+                  max_input_len: int = 256, max_target_len: int = 32, progress: bool = True) -> dict[str, torch.Tensor]:
+    """Mean Gram matrix of every linear layer's inputs over the non-padding positions, with the
+    right answer teacher-forced (template 0); keyed by the layer's weight name (RegMean)."""
+    model, tok = load_seq2seq(model_path)
+    model.load_state_dict(state, strict=False)
+    model.eval()
+    grams: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+    masks: dict[str, torch.Tensor] = {}
+    hooks = []
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            side = "enc" if name.startswith("encoder.") or ".EncDecAttention.k" in name or ".EncDecAttention.v" in name else "dec"
+
+            def hook(mod, inputs, _out, key=f"{name}.weight", side=side):
+                x = inputs[0].float()
+                m = masks[side].reshape(-1).bool()
+                x = x.reshape(-1, x.shape[-1])[m]
+                grams[key] = grams[key] + x.T @ x if key in grams else x.T @ x
+                counts[key] = counts.get(key, 0) + x.shape[0]
+
+            hooks.append(module.register_forward_hook(hook))
+    examples = data.examples("train", 0)[:n_examples]
+    try:
+        with torch.inference_mode():
+            for s, e in tqdm(list(_batches(len(examples), 8)), desc=f"Gram {data.name}", disable=not progress, leave=False):
+                batch = examples[s:e]
+                enc = tok([x.input for x in batch], truncation=True, max_length=max_input_len, padding=True, return_tensors="pt")
+                tgt = tok([x.choices[x.label] for x in batch], truncation=True, max_length=max_target_len, padding=True,
+                          return_tensors="pt")
+                masks["enc"], masks["dec"] = enc.attention_mask, tgt.attention_mask
+                labels = tgt.input_ids.masked_fill(tgt.attention_mask == 0, -100)
+                model(input_ids=enc.input_ids, attention_mask=enc.attention_mask, labels=labels)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {k: (g / counts[k]).cpu() for k, g in grams.items()}
+
+
+def make_tiny_t5(folder: str | Path, texts: Sequence[str], seed: int = 0, d_model: int = 32) -> Path:
+    """A tiny randomly initialised T5 and a word-level tokenizer covering ``texts``, saved as a
+    Hugging Face folder: the paper-scale path's stand-in for T5 in tests (no weights download)."""
+    from tokenizers import Tokenizer, models as tmodels, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
+
+    words = sorted({w for t in texts for w in pre_tokenizers.BertPreTokenizer().pre_tokenize_str(t) for w in [w[0]]})
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(words)}}
+    tk = Tokenizer(tmodels.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tk.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    torch.manual_seed(seed)
+    cfg = T5Config(vocab_size=len(vocab), d_model=d_model, d_ff=2 * d_model, d_kv=d_model // 2, num_heads=2,
+                   num_layers=2, num_decoder_layers=2, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
+                   tie_word_embeddings=True)
+    model = T5ForConditionalGeneration(cfg)
+    folder = Path(folder)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
