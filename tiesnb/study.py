@@ -415,7 +415,9 @@ class Study:
         """``<name>.png`` and ``<name>.pdf``, atomically, the parameters in their metadata."""
         self.figures_dir.mkdir(parents=True, exist_ok=True)
         desc = json.dumps({"notebook": notebook, "parameters": dict(params), "study": self.config.name}, default=str)
-        for ext, meta in (("png", {"Description": desc}), ("pdf", {"Subject": desc, "Creator": f"tiesnb {__version__}"})):
+        # no creation date in the PDF: the same figure gives the same bytes
+        for ext, meta in (("png", {"Description": desc}),
+                          ("pdf", {"Subject": desc, "Creator": f"tiesnb {__version__}", "CreationDate": None})):
             with atomic_path(self.output(f"{name}.{ext}")) as tmp:
                 fig.savefig(tmp, format=ext, bbox_inches="tight", dpi=200, metadata=meta)
         self.provenance(name, notebook, params)
