@@ -2,10 +2,15 @@
 
 Modules, in the order the study uses them:
 
-* :mod:`tiesnb.paths`       — every location the project reads or writes
-* :mod:`tiesnb.checkpoints` — safetensors sources and streaming writer
 * :mod:`tiesnb.merge`       — the merge methods behind one call (``merge``, ``merge_checkpoints``)
-* :mod:`tiesnb.cli`         — ``tiesnb merge CONFIG.yaml --out DIR``
+* :mod:`tiesnb.checkpoints` — safetensors sources and the streaming writer
+* :mod:`tiesnb.data`        — offline assets, readers, the task registry (and the paper's datasets)
+* :mod:`tiesnb.models`, :mod:`tiesnb.train`, :mod:`tiesnb.evaluate` — the embedded study's model,
+  probes, fine-tuning, evaluation; :mod:`tiesnb.seq2seq` the paper-scale T5 path
+* :mod:`tiesnb.study`       — one study's steps, as the notebooks call them
+* :mod:`tiesnb.analysis`, :mod:`tiesnb.plots` — the paper's analyses and the figure style
+* :mod:`tiesnb.pipeline`, :mod:`tiesnb.cli` — running notebooks headlessly; ``tiesnb`` commands
+* :mod:`tiesnb.paths`, :mod:`tiesnb.io`, :mod:`tiesnb.config` — locations, atomic writes, strict YAML
 """
 
 __version__ = "0.1.0"

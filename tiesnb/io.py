@@ -87,16 +87,6 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
 
-def read_json(path: str | os.PathLike) -> Any:
-    path = Path(path)
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise TiesnbError(f"file not found: {path}") from None
-    except json.JSONDecodeError as e:
-        raise TiesnbError(f"corrupt JSON in {path}: {e}") from None
-
-
 def sha256_file(path: str | os.PathLike, block: int = 1 << 23) -> str:
     """Hex SHA-256 of a file's bytes (the same as ``sha256sum``)."""
     h = hashlib.sha256()

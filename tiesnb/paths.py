@@ -32,7 +32,3 @@ FIGURES = _env_path("TIESNB_FIGURES", ROOT / "figures")
 NOTEBOOKS = ROOT / "notebooks"
 PARAMS = _env_path("TIESNB_PARAMS", ROOT / "params")
 
-
-def study_dir(study: str) -> Path:
-    """Where one study (e.g. ``default``, ``smoke``) keeps its checkpoints and results."""
-    return RUNS / study

@@ -71,9 +71,6 @@ class StudyConfig:
     # where figures and tables go, relative to the repository ("": runs/<study>/figures)
     figures_dir: str = "figures"
 
-    def key(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
-
 
 def _code_fingerprint() -> str:
     """Hash of the modules whose code determines merge and evaluation results."""

@@ -331,7 +331,3 @@ def _fingerprint(state: Mapping[str, torch.Tensor]) -> str:
         h.update(state[k].detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
 
-
-def load_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    return load_state_dict(path)
-

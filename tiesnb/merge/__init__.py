@@ -4,7 +4,7 @@
     >>> merged = merge("ties", base, [ft_a, ft_b, ft_c], k=0.2, lam=1.0)      # state dicts
     >>> merge_checkpoints("ties", "base/", ["a/", "b/"], "out/", params={"k": 0.2})  # on disk
 
-Methods (``tiesnb merge --list`` prints them with their parameters): ``average``,
+Methods (``tiesnb methods`` prints them with their parameters): ``average``,
 ``task_arithmetic``, ``ties``, ``dare``, ``dare_ties``, ``breadcrumbs``, ``fisher``, ``regmean``.
 Both calls stream tensor by tensor in chunks, so memory stays bounded whatever the model size;
 ``merge`` returns the result in memory, ``merge_checkpoints`` writes safetensors shards atomically

@@ -239,11 +239,6 @@ class MergeJob:
             self._verify(name, base, x.unsqueeze(0), rows=[i])
         return x.sub_(base) if delta else x
 
-    def base_chunk(self, name: str, start: int, stop: int) -> torch.Tensor:
-        out = self._bbuf[: stop - start]
-        self.base.read_into(name, start, stop, out)
-        return out.to(self.device)
-
     def bar(self, total: int, desc: str | None):
         if not self.progress or desc is None:
             return nullcontext(_NoBar())

@@ -36,13 +36,6 @@ def below(x: float) -> float:
     return float(torch.nextafter(t, torch.zeros((), dtype=torch.float32)))
 
 
-def keep_above(row: torch.Tensor, lam: float) -> torch.Tensor:
-    """``row`` with entries of magnitude ``<= lam`` set to 0 (a new tensor)."""
-    if lam < 0:  # keep everything
-        return row.clone()
-    return F.hardshrink(row, lam)
-
-
 def first_ties(row: torch.Tensor, value: float, count: int) -> torch.Tensor:
     """Flat indices of the first ``count`` entries of ``row`` whose magnitude equals ``value``."""
     idx = torch.nonzero(row.abs() == value).flatten()

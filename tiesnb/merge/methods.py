@@ -516,7 +516,6 @@ register(Method("task_arithmetic", "θ0 + λ Σ_t w_t (θ_t − θ0) (Ilharco et
                 TaskArithmetic()))
 
 _SPARSE = SparseMerge()
-TIES_SWITCHES = ("trim", "count", "ties", "elect", "zero_sign", "disjoint", "weighted_election", "lam")
 _ties_presets = {
     # the paper: global top-k% (exactly int(k·d), ties by position), mass election, a sign of 0
     # merges to 0, disjoint mean
