@@ -206,12 +206,15 @@ class MergeJob:
         if name is None or (self.n + 1) * self.specs[name].numel * 4 > self.hold_bytes:
             return False
         numel = self.specs[name].numel
-        hb = torch.empty(numel, dtype=torch.float32, device=self.device)
-        hX = torch.empty(self.n, numel, dtype=torch.float32, device=self.device)
-        for start, stop in self.ranges(name):
-            b, D = self.read_chunk(name, start, stop)
-            hb[start:stop] = b
-            hX[:, start:stop] = D
+        hb = torch.empty(numel, dtype=torch.float32)
+        hX = torch.empty(self.n, numel, dtype=torch.float32)
+        self.base.read_into(name, 0, numel, hb)  # whole rows at once, straight into place
+        for i, m in enumerate(self.models):
+            m.read_into(name, 0, numel, hX[i])
+        if name not in self._verified:
+            self._verify(name, hb, hX)
+        hb, hX = hb.to(self.device), hX.to(self.device)
+        hX.sub_(hb)
         self._verified.add(name)
         self._held = (name, hb, hX)
         return True
