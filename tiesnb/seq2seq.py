@@ -13,7 +13,6 @@ float32 on CPU (``autocast`` in the study's settings).
 from __future__ import annotations
 
 import functools
-import math
 import os
 import statistics
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from tqdm.auto import tqdm
 
 from .data.paper import PaperTaskData, RankExample
 from .errors import TiesnbError
-from .train import TrainConfig, resolve_autocast, set_threads
+from .train import TrainConfig, record_step, resolve_autocast, set_threads
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -223,12 +222,7 @@ def finetune(cfg: Seq2SeqTrainConfig, data: Mapping[str, PaperTaskData], heads_s
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        value = loss.detach().item()
-        if not math.isfinite(value):
-            raise TiesnbError(f"training {cfg.tasks} diverged at step {step} (loss {value}): lower lr")
-        bar.set_postfix(loss=f"{value:.3f}")
-        if history is not None:
-            history.append(value)
+        record_step(loss, step, cfg, bar, history)
     model = acc.unwrap_model(model)
     if cfg.mode == "ia3":
         from .train import ia3_state

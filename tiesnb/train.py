@@ -211,6 +211,16 @@ def ia3_identity(ia3: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 # fine-tuning
 
 
+def record_step(loss: torch.Tensor, step: int, cfg: TrainConfig, bar, history: list | None) -> None:
+    """Stop on a non-finite loss (naming the fix), show it, keep it."""
+    value = loss.detach().item()
+    if not math.isfinite(value):
+        raise TiesnbError(f"training {cfg.tasks} diverged at step {step} (loss {value}): lower lr")
+    bar.set_postfix(loss=f"{value:.3f}")
+    if history is not None:
+        history.append(value)
+
+
 def _schedule(step: int, cfg: TrainConfig) -> float:
     warm = int(cfg.warmup * cfg.steps)
     if step < warm:
@@ -277,12 +287,7 @@ def finetune(cfg: TrainConfig, data: Mapping[str, TaskData], heads_state: Mappin
         loss.backward()
         opt.step()
         sched.step()
-        value = loss.detach().item()
-        if not math.isfinite(value):
-            raise TiesnbError(f"training {cfg.tasks} diverged at step {step} (loss {value}): lower lr")
-        bar.set_postfix(loss=f"{value:.3f}")
-        if history is not None:
-            history.append(value)
+        record_step(loss, step, cfg, bar, history)
     net.eval()
     return ia3_state(net) if cfg.mode == "ia3" else models.encoder_state(encoder)
 
