@@ -9,7 +9,7 @@ import pytest
 
 from tiesnb import paths
 from tiesnb.data import TASKS, assets, load_task, sources
-from tiesnb.data.tasks import BIGBENCH_TASKS, _balanced_take
+from tiesnb.data.tasks import BIGBENCH_TASKS, TaskData, _balanced_take
 from tiesnb.errors import TiesnbError
 
 # one invented example per label, in each task's real input format
@@ -81,6 +81,9 @@ def test_splits_are_seeded_disjoint_and_balanced(fixture_bigbench):
     keys = lambda split: {(e.text, e.pair) for e in split}  # noqa: E731
     assert not keys(a.test) & keys(a.val) and not keys(a.test) & keys(a.train) and not keys(a.val) & keys(a.train)
     assert sorted(e.label for e in a.test) == [0] * 5 + [1] * 5 + [2] * 5 + [3] * 5
+
+    # the study keeps the splits as JSON in its run folder; reading them back gives the same data
+    assert TaskData.from_json("multiemo", json.loads(json.dumps(a.to_json()))) == a
 
 
 def test_balanced_take_fills_from_the_larger_classes():

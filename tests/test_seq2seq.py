@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from tiesnb import paths, seq2seq
-from tiesnb.data.paper import DATASETS, MIXTURES, RankExample, load_paper_task, records
+from tiesnb.data.paper import DATASETS, MIXTURES, PaperTaskData, RankExample, load_paper_task, records
 from tiesnb.errors import TiesnbError
 from tiesnb.merge import merge
 from tiesnb.merge.reference import flatten, ties_original, trim_original, elect_original, disjoint_original
@@ -47,6 +47,7 @@ def test_every_dataset_reads_and_templates(fixtures, name):
             assert 0 <= ex.label < len(ex.choices) and ex.input
     again = load_paper_task(name, n_train=10, n_val=4, n_test=100, seed=42, data_dir=data)
     assert again.val == d.val and again.fingerprint == d.fingerprint  # seeded: the same split
+    assert PaperTaskData.from_json(name, json.loads(json.dumps(d.to_json()))) == d  # the run folder's cache
 
 
 def test_labels_map_to_the_right_answer(fixtures):

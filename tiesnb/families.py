@@ -5,7 +5,6 @@ so the notebooks and the pipeline are the same for both."""
 
 from __future__ import annotations
 
-import json
 from typing import Any, Mapping
 
 import torch
@@ -18,24 +17,20 @@ class MiniLM:
 
     name = "minilm"
 
-    def load_data(self, study) -> dict:
-        from .data import TaskData, load_task
-        from .data.tasks import Example
-        from .io import write_json
+    def data_key(self, study) -> str:
+        c = study.config
+        return f"{c.seed}-{c.n_train}-{c.n_val}-{c.n_test}"
+
+    def load_task(self, study, task: str):
+        from .data import load_task
 
         c = study.config
-        out = {}
-        for task in c.tasks:
-            path = study.run_dir / "data" / f"{task}-{c.seed}-{c.n_train}-{c.n_val}-{c.n_test}.json"
-            if path.exists():
-                raw = json.loads(path.read_text())
-                out[task] = TaskData(task, tuple(raw["labels"]), *[[Example(*e) for e in raw[s]] for s in ("train", "val", "test")],
-                                     fingerprint=raw["fingerprint"])
-            else:
-                d = out[task] = load_task(task, c.n_train, c.n_val, c.n_test, c.seed)
-                write_json(path, {"labels": d.labels, "fingerprint": d.fingerprint,
-                                  **{s: [[e.text, e.pair, e.label] for e in d.split(s)] for s in ("train", "val", "test")}})
-        return out
+        return load_task(task, c.n_train, c.n_val, c.n_test, c.seed)
+
+    def task_data(self, task: str, raw: dict):
+        from .data import TaskData
+
+        return TaskData.from_json(task, raw)
 
     def fit_heads(self, study, progress: bool) -> dict[str, torch.Tensor]:
         from .train import fit_heads
@@ -90,22 +85,21 @@ class Seq2Seq:
 
     name = "seq2seq"
 
-    def load_data(self, study) -> dict:
-        from .data.paper import DATASETS, PaperTaskData, load_paper_task
-        from .io import write_json
+    def data_key(self, study) -> str:
+        c = study.config
+        return f"{c.split_seed}-{c.n_train}-{c.n_val}-{c.n_test}"
+
+    def load_task(self, study, task: str):
+        from .data.paper import load_paper_task
 
         c = study.config
-        out = {}
-        for task in c.tasks:
-            path = study.run_dir / "data" / f"{task}-{c.split_seed}-{c.n_train}-{c.n_val}-{c.n_test}.json"
-            if path.exists():
-                raw = json.loads(path.read_text())
-                out[task] = PaperTaskData(task, raw["train"], raw["val"], raw["test"], DATASETS[task].templates, raw["fingerprint"])
-            else:
-                d = out[task] = load_paper_task(task, c.n_train, c.n_val, c.n_test, c.split_seed, c.data_dir or None,
-                                                c.story_cloze_dir or None)
-                write_json(path, {"fingerprint": d.fingerprint, "train": d.train, "val": d.val, "test": d.test})
-        return out
+        return load_paper_task(task, c.n_train, c.n_val, c.n_test, c.split_seed, c.data_dir or None,
+                               c.story_cloze_dir or None)
+
+    def task_data(self, task: str, raw: dict):
+        from .data.paper import PaperTaskData
+
+        return PaperTaskData.from_json(task, raw)
 
     def fit_heads(self, study, progress: bool) -> dict[str, torch.Tensor]:
         return {}  # rank classification needs no heads

@@ -124,7 +124,15 @@ class Study:
     def data(self) -> dict:
         """Every task's splits, read once and kept as JSON under the run folder."""
         if self._data is None:
-            self._data = self.family.load_data(self)
+            self._data = {}
+            key = self.family.data_key(self)
+            for task in self.tasks:
+                path = self.run_dir / "data" / f"{task}-{key}.json"
+                if path.exists():
+                    self._data[task] = self.family.task_data(task, json.loads(path.read_text()))
+                else:
+                    d = self._data[task] = self.family.load_task(self, task)
+                    write_json(path, d.to_json())
         return self._data
 
     def data_summary(self):

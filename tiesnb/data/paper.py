@@ -187,6 +187,13 @@ class PaperTaskData:
     def examples(self, split: str, template: int) -> list[RankExample]:
         return [self.templates[template](r) for r in self.split(split)]
 
+    def to_json(self) -> dict:
+        return {"fingerprint": self.fingerprint, "train": self.train, "val": self.val, "test": self.test}
+
+    @classmethod
+    def from_json(cls, name: str, raw: dict) -> "PaperTaskData":
+        return cls(name, raw["train"], raw["val"], raw["test"], DATASETS[name].templates, raw["fingerprint"])
+
 
 def load_paper_task(name: str, n_train: int, n_val: int = 32, n_test: int = 1000, seed: int = 42,
                     data_dir: str | Path | None = None, story_cloze_dir: str | Path | None = None) -> PaperTaskData:

@@ -138,6 +138,15 @@ class TaskData:
             raise TiesnbError(f"unknown split {name!r}; valid: train, val, test")
         return getattr(self, name)
 
+    def to_json(self) -> dict:
+        return {"labels": self.labels, "fingerprint": self.fingerprint,
+                **{s: [[e.text, e.pair, e.label] for e in self.split(s)] for s in ("train", "val", "test")}}
+
+    @classmethod
+    def from_json(cls, name: str, raw: dict) -> "TaskData":
+        return cls(name, tuple(raw["labels"]), *[[Example(*e) for e in raw[s]] for s in ("train", "val", "test")],
+                   fingerprint=raw["fingerprint"])
+
 
 def _balanced_take(pools: list[list[int]], n: int) -> list[int]:
     """Take ``n`` indices spread as evenly over the classes as their sizes allow."""
