@@ -105,6 +105,42 @@ def fisher_diagonal(state: Mapping[str, torch.Tensor], task: str, data: TaskData
     return {n: (f / max(1, len(enc))).detach().cpu() for n, f in fisher.items()}
 
 
+class LinearGrams:
+    """Accumulates, for every ``nn.Linear`` of ``model``, ``XᵀX`` over the unmasked positions of
+    its inputs while the model runs inside ``with``. Which mask applies to a layer is named by
+    ``mask_of(layer_name)`` (an encoder-decoder has one mask per side); set ``masks[...]`` before
+    each forward pass. ``mean()`` gives ``XᵀX / N`` keyed by the layer's weight name (RegMean)."""
+
+    def __init__(self, model: torch.nn.Module, mask_of=lambda name: "mask"):
+        self.model, self.mask_of = model, mask_of
+        self.masks: dict[str, torch.Tensor] = {}
+        self.grams: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
+        self._hooks = []
+
+    def __enter__(self) -> "LinearGrams":
+        for name, module in self.model.named_modules():
+            if isinstance(module, torch.nn.Linear):
+                self._hooks.append(module.register_forward_hook(self._hook(f"{name}.weight", self.mask_of(name))))
+        return self
+
+    def _hook(self, key: str, mask: str):
+        def hook(_mod, inputs, _out):
+            x = inputs[0].float()
+            x = x.reshape(-1, x.shape[-1])[self.masks[mask].reshape(-1).bool()]
+            self.grams[key] = self.grams[key] + x.T @ x if key in self.grams else x.T @ x
+            self.counts[key] = self.counts.get(key, 0) + x.shape[0]
+        return hook
+
+    def __exit__(self, *exc) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks.clear()
+
+    def mean(self) -> dict[str, torch.Tensor]:
+        return {k: (g / self.counts[k]).cpu() for k, g in self.grams.items()}
+
+
 def gram_matrices(state: Mapping[str, torch.Tensor], data: TaskData, n_examples: int = 256, max_len: int = 64,
                   batch_size: int = 32, progress: bool = True, task: str = "") -> dict[str, torch.Tensor]:
     """For every linear layer of the encoder, the mean Gram matrix ``XᵀX / N`` of its inputs
@@ -112,31 +148,10 @@ def gram_matrices(state: Mapping[str, torch.Tensor], data: TaskData, n_examples:
     statistics of RegMean (Jin et al. 2023)."""
     dev = device()
     encoder = models.load_encoder(state, device=dev).eval()
-    grams: dict[str, torch.Tensor] = {}
-    counts: dict[str, int] = {}
-    mask_holder: dict[str, torch.Tensor] = {}
-    hooks = []
-    for name, module in encoder.named_modules():
-        if isinstance(module, torch.nn.Linear):
-            key = f"{name}.weight"
-
-            def hook(mod, inputs, _out, key=key):
-                x = inputs[0].float()
-                m = mask_holder["mask"].reshape(-1).bool()
-                x = x.reshape(-1, x.shape[-1])[m]
-                g = x.T @ x
-                grams[key] = grams[key] + g if key in grams else g
-                counts[key] = counts.get(key, 0) + x.shape[0]
-
-            hooks.append(module.register_forward_hook(hook))
     enc = models.encode(data.train[:n_examples], max_len)
-    try:
-        with torch.inference_mode():
-            for idx in tqdm(list(models.length_batches(enc, batch_size)), desc=f"Gram {task}", disable=not progress, leave=False):
-                batch = models.collate([enc[i] for i in idx], dev)
-                mask_holder["mask"] = batch["attention_mask"]
-                encoder(**batch)
-    finally:
-        for h in hooks:
-            h.remove()
-    return {k: (g / counts[k]).cpu() for k, g in grams.items()}
+    with LinearGrams(encoder) as grams, torch.inference_mode():
+        for idx in tqdm(list(models.length_batches(enc, batch_size)), desc=f"Gram {task}", disable=not progress, leave=False):
+            batch = models.collate([enc[i] for i in idx], dev)
+            grams.masks["mask"] = batch["attention_mask"]
+            encoder(**batch)
+    return grams.mean()

@@ -270,40 +270,24 @@ def gram_matrices(model_path: str, state: Mapping[str, torch.Tensor], data: Pape
                   max_input_len: int = 256, max_target_len: int = 32, progress: bool = True) -> dict[str, torch.Tensor]:
     """Mean Gram matrix of every linear layer's inputs over the non-padding positions, with the
     right answer teacher-forced (template 0); keyed by the layer's weight name (RegMean)."""
+    from .evaluate import LinearGrams
+
     model, tok = load_seq2seq(model_path)
     model.load_state_dict(state, strict=False)
     model.eval()
-    grams: dict[str, torch.Tensor] = {}
-    counts: dict[str, int] = {}
-    masks: dict[str, torch.Tensor] = {}
-    hooks = []
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear):
-            side = "enc" if name.startswith("encoder.") or ".EncDecAttention.k" in name or ".EncDecAttention.v" in name else "dec"
-
-            def hook(mod, inputs, _out, key=f"{name}.weight", side=side):
-                x = inputs[0].float()
-                m = masks[side].reshape(-1).bool()
-                x = x.reshape(-1, x.shape[-1])[m]
-                grams[key] = grams[key] + x.T @ x if key in grams else x.T @ x
-                counts[key] = counts.get(key, 0) + x.shape[0]
-
-            hooks.append(module.register_forward_hook(hook))
+    # cross-attention keys and values read the encoder's output, so the encoder's mask applies
+    enc_side = lambda n: n.startswith("encoder.") or ".EncDecAttention.k" in n or ".EncDecAttention.v" in n  # noqa: E731
     examples = data.examples("train", 0)[:n_examples]
-    try:
-        with torch.inference_mode():
-            for s, e in tqdm(list(_batches(len(examples), 8)), desc=f"Gram {data.name}", disable=not progress, leave=False):
-                batch = examples[s:e]
-                enc = tok([x.input for x in batch], truncation=True, max_length=max_input_len, padding=True, return_tensors="pt")
-                tgt = tok([x.choices[x.label] for x in batch], truncation=True, max_length=max_target_len, padding=True,
-                          return_tensors="pt")
-                masks["enc"], masks["dec"] = enc.attention_mask, tgt.attention_mask
-                labels = tgt.input_ids.masked_fill(tgt.attention_mask == 0, -100)
-                model(input_ids=enc.input_ids, attention_mask=enc.attention_mask, labels=labels)
-    finally:
-        for h in hooks:
-            h.remove()
-    return {k: (g / counts[k]).cpu() for k, g in grams.items()}
+    with LinearGrams(model, lambda n: "enc" if enc_side(n) else "dec") as grams, torch.inference_mode():
+        for s, e in tqdm(list(_batches(len(examples), 8)), desc=f"Gram {data.name}", disable=not progress, leave=False):
+            batch = examples[s:e]
+            enc = tok([x.input for x in batch], truncation=True, max_length=max_input_len, padding=True, return_tensors="pt")
+            tgt = tok([x.choices[x.label] for x in batch], truncation=True, max_length=max_target_len, padding=True,
+                      return_tensors="pt")
+            grams.masks["enc"], grams.masks["dec"] = enc.attention_mask, tgt.attention_mask
+            labels = tgt.input_ids.masked_fill(tgt.attention_mask == 0, -100)
+            model(input_ids=enc.input_ids, attention_mask=enc.attention_mask, labels=labels)
+    return grams.mean()
 
 
 def make_tiny_t5(folder: str | Path, texts: Sequence[str], seed: int = 0, d_model: int = 32) -> Path:
