@@ -1,5 +1,6 @@
 # tiesnb: the front door. `make help` lists the targets.
-#   make study              set up, then run the whole study on the embedded default (~30 min on 2 cores)
+#   make study              set up, then run the whole study on the embedded default (3 seeds)
+#   make study STUDY=quick  the same with one seed and smaller grids
 #   make test               set up, then run the tests
 #   make study STUDY=smoke  the same pipeline on a few examples (what the tests run)
 PYTHON ?= python3
@@ -9,9 +10,15 @@ TIESNB := $(BIN)/tiesnb
 STAMP  := $(VENV)/.tiesnb-installed
 STUDY  ?= default
 P      := params/$(STUDY)
+# a study may start from another (`inherit: default` in its study.yaml): the parameter files it
+# lacks come from that one
+INHERIT := $(shell sed -n 's/^inherit: *\([^ #]*\).*/\1/p' $(P)/study.yaml 2>/dev/null)
+PB     := $(if $(INHERIT),params/$(INHERIT),$(P))
+pfile   = $(firstword $(wildcard $(P)/$(1).yaml) $(PB)/$(1).yaml)
 STAMPS := runs/$(STUDY)/stamps
 SRC    := $(shell find tiesnb -name '*.py') pyproject.toml
-TRAIN  := $(patsubst $(P)/%.yaml,$(STAMPS)/%.json,$(wildcard $(P)/train-*.yaml))
+TRAIN  := $(patsubst %.yaml,$(STAMPS)/%.json,$(sort $(notdir $(wildcard $(P)/train-*.yaml $(PB)/train-*.yaml))))
+SETTINGS := $(P)/study.yaml $(PB)/study.yaml
 
 .DEFAULT_GOAL := help
 .PHONY: help setup data test study notebooks probe train evaluate merge_sweep interference ablations steps \
@@ -45,25 +52,28 @@ test: setup  ## set up, then run the tests
 
 # ---------------------------------------------------------------------------------------------
 # the study: one stamp per notebook run; a run is redone when its notebook, its parameters, the
-# study's settings, the package or an upstream run changed. Training runs are independent:
-# `make -j2 study` runs two at a time.
+# study's settings, the package or an upstream run changed. Each run uses every core (torch's
+# threads), so run them one at a time: `make -j2` would only make two runs fight for the cores.
 
 study: setup  ## set up, then run the study (STUDY=default) and write figures/ and tables
-	$(TIESNB) data fetch --study $(STUDY)
-	$(MAKE) --no-print-directory notebooks STUDY=$(STUDY)
+	@start=$$(date +%s); \
+	$(TIESNB) data fetch --study $(STUDY) && \
+	$(MAKE) --no-print-directory notebooks STUDY=$(STUDY) && \
+	echo "study $(STUDY): up to date, $$(( $$(date +%s) - start )) s"
 
 notebooks: $(STAMPS)/evaluate.json $(STAMPS)/merge_sweep.json $(STAMPS)/interference.json $(STAMPS)/ablations.json
 
-$(STAMPS)/probe.json: notebooks/probe.py $(P)/probe.yaml $(P)/study.yaml $(SRC) | $(STAMP)
+.SECONDEXPANSION:
+$(STAMPS)/probe.json: notebooks/probe.py $$(call pfile,probe) $(SETTINGS) $(SRC) | $(STAMP)
 	$(TIESNB) run probe --study $(STUDY)
 
-$(STAMPS)/train-%.json: notebooks/train.py $(P)/train-%.yaml $(P)/study.yaml $(STAMPS)/probe.json $(SRC)
-	$(TIESNB) run train --study $(STUDY) --params $(P)/train-$*.yaml
+$(STAMPS)/train-%.json: notebooks/train.py $$(call pfile,train-$$*) $(SETTINGS) $(STAMPS)/probe.json $(SRC)
+	$(TIESNB) run train --study $(STUDY) --params $(call pfile,train-$*)
 
-$(STAMPS)/evaluate.json $(STAMPS)/merge_sweep.json $(STAMPS)/interference.json: $(STAMPS)/%.json: notebooks/%.py $(P)/%.yaml $(P)/study.yaml $(TRAIN) $(SRC)
+$(STAMPS)/evaluate.json $(STAMPS)/merge_sweep.json $(STAMPS)/interference.json: $(STAMPS)/%.json: notebooks/%.py $$(call pfile,$$*) $(SETTINGS) $(TRAIN) $(SRC)
 	$(TIESNB) run $* --study $(STUDY)
 
-$(STAMPS)/ablations.json: notebooks/ablations.py $(P)/ablations.yaml $(P)/study.yaml $(STAMPS)/merge_sweep.json $(SRC)
+$(STAMPS)/ablations.json: notebooks/ablations.py $$(call pfile,ablations) $(SETTINGS) $(STAMPS)/merge_sweep.json $(SRC)
 	$(TIESNB) run ablations --study $(STUDY)
 
 probe: $(STAMPS)/probe.json  ## one step: fit the heads

@@ -11,122 +11,158 @@
 # ---
 
 # %% [markdown]
-# # Ablations, the oracle sign, the number of tasks, and sensitivity
+# # Ablations, the oracle sign, and the number of tasks
 #
-# * **Ablation** — TIES without each of its steps: without trimming (k = 100 %), without the
-#   sign election (the disjoint mean over all non-zero entries, whatever their sign), without
-#   the disjoint mean (the agreeing entries summed and divided by the number of models), without
-#   scaling (λ = 1). λ is chosen on validation for each variant but the last.
-# * **Oracle sign** — TIES with the sign vector of the multitask model's task vector instead of
-#   the elected one: how much a better sign would buy.
-# * **Number of tasks** — normalized accuracy (merged / individual fine-tuned, per task) of
-#   averaging, task arithmetic and TIES against the number of tasks merged, on seeded subsets,
-#   at the paper's no-validation defaults.
-# * **Sensitivity** — validation accuracy against λ and against k, from the sweep of the
-#   `merge_sweep` notebook.
+# * **Ablation** — as the paper's: built on *tuned* TIES (each seed's k and λ chosen on
+#   validation by `merge_sweep`), then one step removed at a time, each variant with its λ chosen
+#   again on validation: without trimming (k = 100 %), without the sign election (the mean over
+#   all non-zero entries, whatever their sign), without the disjoint mean (the agreeing entries
+#   summed and divided by all n models — its λ grid is the others' times n, the same range of
+#   effective scales), and without scaling (tuned k, λ = 1). Reported on test and validation,
+#   each row's difference from TIES with its 95 % interval.
+# * **Oracle sign** — tuned TIES with the sign vector of the multitask model's task vector
+#   instead of the elected one (λ chosen again): how much a better sign would buy.
+# * **Number of tasks** — normalized accuracy (per task: merged / that task's fine-tuned model
+#   of the same seed, averaged over the subset's tasks, as the paper) of averaging, task
+#   arithmetic and TIES at the paper's no-validation defaults, against the number of tasks
+#   merged: every subset of a size when there are at most `subsets_per_size`, a seeded sample of
+#   that many otherwise; on test, for every seed.
 #
-# Writes `ablations` (table), `num_tasks` and `sensitivity` (figures).
+# Writes `ablations` (table) and `num_tasks` (figure, with its data).
 
 # %% tags=["parameters"]
 study: str = "default"  # which study: params/<study>/study.yaml
 select_split: str = "val"  # split λ is chosen on
 report_split: str = "test"  # split the ablation table reports
-lams: list[float] = [0.8, 1.0, 1.2, 1.4, 1.6, 1.8, 2.0, 2.5, 3.0]  # λ grid of the variants
-k: float = 0.2  # TIES trim for the ablation and the oracle
-subsets_per_size: int = 3  # seeded task subsets per number of tasks
-subset_split: str = "val"  # split of the number-of-tasks experiment
+lams: list[float] = [0.6, 0.8, 1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0]  # λ grid of the variants (× n for "without disjoint mean")
+subsets_per_size: int = 8  # task subsets per number of tasks (all of them when there are no more)
+subset_split: str = "test"  # split of the number-of-tasks experiment
 ta_lam: float = 0.4  # task arithmetic λ in the number-of-tasks experiment (paper default)
+ties_k: float = 0.2  # TIES k in the number-of-tasks experiment (paper default)
 ties_lam: float = 1.0  # TIES λ in the number-of-tasks experiment (paper default)
 seed: int = 0  # seed of the subset sample
 
 # %%
-import pandas as pd
-import seaborn as sns
-from tqdm.auto import tqdm
+import json
 
-from tiesnb import analysis, paper, plots
+import pandas as pd
+
+from tiesnb import analysis, paper, plots, progress, tables
+from tiesnb.errors import TiesnbError
 from tiesnb.study import MULTITASK, Study
 
 S = Study.load(study)
-params = {k_: globals()[k_] for k_ in ["study", "select_split", "report_split", "lams", "k", "subsets_per_size",
-                                      "subset_split", "ta_lam", "ties_lam", "seed"]}
+params = {k_: globals()[k_] for k_ in ["study", "select_split", "report_split", "lams", "subsets_per_size",
+                                      "subset_split", "ta_lam", "ties_k", "ties_lam", "seed"]}
+choices_file = S.results_path("choices.json")
+if not choices_file.exists():
+    raise TiesnbError(f"{choices_file} is missing: run `make merge_sweep STUDY={study}` first (the ablation builds on tuned TIES)")
+choices = json.loads(choices_file.read_text())["choices"]
+n = len(S.tasks)
 
 # %% [markdown]
-# ## Ablation and oracle sign
+# ## Ablation and oracle sign, seed by seed
 
 # %%
-variants = {
-    "TIES": {"k": k},
-    "without trim": {"k": 1.0},
-    "without elect": {"k": k, "elect": "none"},
-    "without disjoint mean": {"k": k, "disjoint": "mean_all"},
-    "TIES with the multitask model's signs (oracle)": {"k": k, "signs": MULTITASK},
+TIES = "TIES"
+ORACLE = "TIES with the multitask model's signs (oracle)"
+variants = {  # name: (fixed switches, λ grid or None for a fixed λ)
+    "without trim": ({"k": 1.0}, lams),
+    "without elect": ({"elect": "none"}, lams),
+    "without disjoint mean": ({"disjoint": "mean_all"}, [lam * n for lam in lams]),
+    "without scaling (λ = 1)": ({}, None),
+    ORACLE: ({"signs": MULTITASK}, lams),
 }
-rows = []
-for name, hp in tqdm(variants.items(), desc="ablations"):
-    val = pd.DataFrame(sum((S.evaluate_merge("ties", select_split, label=name, lam=lam, **hp) for lam in lams), []))
-    lam = analysis.best(val, ["lam"])["lam"]
-    rows += S.evaluate_merge("ties", report_split, label=name, lam=lam, **hp)
-rows += S.evaluate_merge("ties", report_split, label="without scaling (λ = 1)", lam=1.0, k=k)
+rows, lam_choice = [], {}
+for Ss in S.each_seed():
+    tuned = choices[str(Ss.seed)][TIES]["params"]  # k, λ, preset
+    k = tuned["k"]
+    for split in (report_split, select_split):
+        rows += Ss.evaluate_merge("ties", split, label=TIES, **tuned)
+    lam_choice[(TIES, Ss.seed)] = (tuned["lam"], choices[str(Ss.seed)][TIES]["edge"])
+    for name, (switches, grid) in progress.bar(variants.items(), desc=f"ablations (seed {Ss.seed})"):
+        hp = {"preset": tuned["preset"], "k": k, **switches}
+        if grid is None:
+            lam, edges = 1.0, []
+        else:
+            val = pd.DataFrame(sum((Ss.evaluate_merge("ties", select_split, label=name, lam=l, **hp) for l in grid), []))
+            chosen, edges = analysis.choose(val, {"lam": grid}, name, Ss.seed)
+            lam = chosen["lam"]
+        lam_choice[(name, Ss.seed)] = (lam, edges)
+        for split in (report_split, select_split):
+            rows += Ss.evaluate_merge("ties", split, label=name, lam=lam, **hp)
 abl = pd.DataFrame(rows)
-table = abl.groupby("method", sort=False).agg(lam=("lam", "first"), average=("accuracy", "mean")).reset_index()
-table["average"] *= 100
-table["paper T5-base"] = [paper.ABLATION.get(m, {}).get("T5-base") for m in table.method]
-table["paper IA3"] = [paper.ABLATION.get(m, {}).get("IA3") for m in table.method]
-per_task = abl.pivot(index="method", columns="task", values="accuracy")[S.tasks].loc[table.method] * 100
-table = pd.concat([table.set_index("method"), per_task], axis=1).reset_index()
-S.save_table(table, "ablations", "ablations", params,
-             caption=f"TIES without each step, and with the multitask model's signs: mean {report_split} accuracy (%); "
-                     f"λ chosen on {select_split} (k = {k:.0%}). The paper's oracle number is for IA3, where its "
-                     f"TIES scored 66.4.")
+
+# %%
+order = [TIES, "without trim", "without elect", "without disjoint mean", "without scaling (λ = 1)", ORACLE]
+
+
+def chosen_text(name):
+    texts = []
+    for s in S.seeds:
+        lam, edges = lam_choice[(name, s)]
+        hp = {"k": choices[str(s)][TIES]["params"]["k"] if name != "without trim" else 1.0, "lam": lam}
+        texts.append(analysis.setting_text(hp, edges))
+    distinct = list(dict.fromkeys(texts))
+    return distinct[0] if len(distinct) == 1 else " / ".join(texts)
+
+
+test_part = abl[abl.split == report_split]
+val_part = abl[abl.split == select_split]
+table = tables.summary(test_part, order, S.tasks, S.seeds, settings={m: chosen_text(m) for m in order})
+valsum = tables.summary(val_part, order, S.tasks, S.seeds)
+table.insert(2, f"average ({select_split})", valsum["average"].values)
+diff = tables.compare(test_part, [(m, m, TIES) for m in order[1:]], S.tasks, S.seeds)
+table["vs TIES"] = [None] + list(diff.difference)
+table["vs TIES lo"] = [None] + list(diff.lo)
+table["vs TIES hi"] = [None] + list(diff.hi)
+table["verdict"] = [""] + ["not separated" if not sep else ("above TIES" if d > 0 else "below TIES")
+                           for sep, d in zip(diff.separated, diff.difference)]
+table[f"paper T5-base ({select_split})"] = [paper.ablation(m, "T5-base") for m in table.method]
+table[f"paper IA3 ({select_split})"] = [paper.ablation(m, "IA3") for m in table.method]
+table["paper IA3 oracle vs TIES (Table 1)"] = [paper.ORACLE.get(m) for m in table.method]
+
+md = table.copy()
+md["vs TIES [95% CI]"] = ["" if pd.isna(d) else f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}]"
+                          for d, lo, hi in zip(table["vs TIES"], table["vs TIES lo"], table["vs TIES hi"])]
+md = md.drop(columns=["vs TIES", "vs TIES lo", "vs TIES hi"])
+caption = (f"TIES without each step, and with the multitask model's signs: {report_split} accuracy (%), mean over "
+           f"{len(S.seeds)} seeds, average with its 95 % interval; the {select_split} average beside it; each row's "
+           f"paired difference from tuned TIES with its interval. Each variant keeps its seed's tuned k and has its λ "
+           f"chosen on {select_split} ('(edge)': at the edge of its grid). The paper's ablation columns are averages on "
+           f"its *validation* sets, its oracle numbers are IA3 test averages (Table 1 setting); {paper.SECOND_HAND}.")
+S.save_table(table, "ablations", "ablations", params, caption=caption, markdown=tables.markdown(md))
+S.save_data(tables.predictions(test_part, "ablations"), "predictions/ablations")
 table.round(1)
 
 # %% [markdown]
 # ## Number of tasks
 
 # %%
-reference = {r["task"]: r["accuracy"] for t in S.tasks for r in S.evaluate_checkpoint(t, [t], subset_split, "fine-tuned")}
 methods = [("average", "averaging", {}), ("task_arithmetic", "task arithmetic", {"lam": ta_lam}),
-           ("ties", "TIES", {"k": k, "lam": ties_lam})]
-rows = []
-sizes = range(2, len(S.tasks) + 1)
-for size in tqdm(sizes, desc="subsets"):
-    for combo in analysis.subsets(S.tasks, size, subsets_per_size, seed):
+           ("ties", "TIES", {"k": ties_k, "lam": ties_lam})]
+combos = {size: analysis.subsets(S.tasks, size, subsets_per_size, seed) for size in range(2, n + 1)}
+nt_rows = []
+for Ss in S.each_seed():
+    reference = {(Ss.seed, r["task"]): r["accuracy"]
+                 for t in S.tasks for r in Ss.evaluate_checkpoint(t, [t], subset_split, "fine-tuned")}
+    todo = [(size, c) for size in combos for c in combos[size]]
+    for size, combo in progress.bar(todo, desc=f"number of tasks (seed {Ss.seed})"):
         for method, label, hp in methods:
-            r = S.evaluate_merge(method, subset_split, tasks=list(combo), label=label, **hp)
-            rows += [dict(x, subset="+".join(combo)) for x in r]
-nt = pd.DataFrame(rows)
-nt["normalized"] = analysis.normalized(nt, reference) * 100
-per_subset = nt.groupby(["method", "n_models", "subset"], sort=False)["normalized"].mean().reset_index()
+            r = Ss.evaluate_merge(method, subset_split, tasks=list(combo), label=label, **hp)
+            nt_rows += [dict(x, subset="+".join(combo), normalized=x["accuracy"] / reference[(Ss.seed, x["task"])])
+                        for x in r]
+nt = pd.DataFrame(nt_rows).drop(columns=["pred", "correct"])
+nt["normalized"] *= 100
+per_subset = nt.groupby(["method", "n_models", "subset", "seed"], sort=False)["normalized"].mean().reset_index()
+per_seed = per_subset.groupby(["method", "n_models", "seed"], sort=False)["normalized"].mean().reset_index()
+
 fig, ax = plots.figure(height=2.5)
-sns.lineplot(per_subset, x="n_models", y="normalized", hue="method", marker="o", errorbar="sd",
-             palette={"averaging": plots.METHOD_COLORS["average"], "task arithmetic": plots.METHOD_COLORS["task arithmetic"],
-                      "TIES": plots.METHOD_COLORS["TIES"]}, ax=ax)
+for label in ["averaging", "task arithmetic", "TIES"]:
+    plots.seed_band(ax, per_seed[per_seed.method == label], "n_models", "normalized",
+                    color=plots.METHOD_COLORS[label if label != "averaging" else "average"], label=label)
 ax.set(xlabel="number of tasks merged", ylabel="normalized accuracy (%)",
-       title=f"Merging more tasks ({subset_split}, {subsets_per_size} subsets per size)")
-S.save_figure(fig, "num_tasks", "ablations", params)
-per_subset.groupby(["method", "n_models"], sort=False)["normalized"].mean().unstack(0).round(1)
-
-# %% [markdown]
-# ## Sensitivity to λ and k (from the validation sweep)
-
-# %%
-sweep = pd.read_csv(S.output("merge_sweep.csv"))
-acc = [c for c in sweep.columns if c.startswith("mean accuracy")][0]
-fig, axes = plots.figure(width=7, height=2.5, ncols=2)
-ta = sweep[sweep.method == "task_arithmetic"]
-axes[0].plot(ta.lam, ta[acc], marker="o", color=plots.METHOD_COLORS["task arithmetic"], label="task arithmetic")
-ks = sorted(sweep[sweep.method == "ties"].k.unique())
-shades = sns.color_palette("Oranges", len(ks) + 2)[2:]
-for shade, (kk, part) in zip(shades, sweep[sweep.method == "ties"].groupby("k")):
-    axes[0].plot(part.lam, part[acc], marker="o", color=shade, label=f"TIES k = {kk:.0%}")
-axes[0].set(xlabel="λ", ylabel=acc, title="Sensitivity to λ")
-axes[0].legend()
-ties = sweep[sweep.method == "ties"]
-best_per_k = ties.loc[ties.groupby("k")[acc].idxmax()]
-axes[1].plot(best_per_k.k * 100, best_per_k[acc], marker="o", color=plots.METHOD_COLORS["TIES"], label="TIES, best λ per k")
-at_one = ties[ties.lam == 1.0]
-axes[1].plot(at_one.k * 100, at_one[acc], marker="s", ls="--", color=plots.METHOD_COLORS["TIES"], label="TIES, λ = 1")
-axes[1].set(xlabel="k (% of each task vector kept)", title="Sensitivity to k")
-axes[1].legend()
-S.save_figure(fig, "sensitivity", "ablations", params)
+       title=f"Merging more tasks ({subset_split}; mean over subsets and {len(S.seeds)} seeds)")
+plots.legend_outside(ax)
+S.save_figure(fig, "num_tasks", "ablations", params, data=per_subset)
+per_seed.groupby(["method", "n_models"], sort=False)["normalized"].agg(["mean", "min", "max"]).unstack(0).round(1)

@@ -15,55 +15,57 @@
 #
 # The upper rows of the study's Table 1: each task's accuracy with the pretrained encoder
 # (through the probe head, "zero-shot"), with the model fine-tuned on that task, and with the
-# multitask model. Then how each fine-tuned model does on the *other* tasks — what a merge has to
-# preserve.
+# multitask model — each task's mean over the training seeds, and the average over tasks with
+# its 95 % interval. Then how each fine-tuned model does on the *other* tasks — what a merge has
+# to preserve.
 #
-# Writes `individual` (table) and `cross_task` (figure).
+# Writes `individual` (table) and `cross_task` (figure, with its data).
 
 # %% tags=["parameters"]
 study: str = "default"  # which study: params/<study>/study.yaml
 split: str = "test"  # split of the table
-cross_split: str = "val"  # split of the cross-task matrix (8 × 8 evaluations)
+cross_split: str = "test"  # split of the cross-task matrix (every model on every task)
 
 # %%
 import pandas as pd
+import seaborn as sns
 
-from tiesnb import plots
+from tiesnb import plots, progress, tables
 from tiesnb.study import MULTITASK, Study
 
 S = Study.load(study)
 params = {"study": study, "split": split, "cross_split": cross_split}
-rows = S.evaluate_checkpoint(None, S.tasks, split, "zero-shot")
-for t in S.tasks:
-    rows += S.evaluate_checkpoint(t, [t], split, "fine-tuned")
-rows += S.evaluate_checkpoint(MULTITASK, S.tasks, split, "multitask")
-individual = pd.DataFrame(rows).pivot(index="method", columns="task", values="accuracy")[S.tasks] * 100
-individual = individual.loc[["zero-shot", "fine-tuned", "multitask"]]
-individual["average"] = individual.mean(axis=1)
-table = individual.reset_index()
-S.save_table(table, "individual", "evaluate", params,
-             caption=f"Accuracy (%) on the {split} split of each task: pretrained encoder with the probe head "
-                     f"(zero-shot), the model fine-tuned on the task, and the multitask model.")
+rows, cross = [], []
+for Ss in S.each_seed():
+    rows += Ss.evaluate_checkpoint(None, S.tasks, split, "zero-shot")
+    for t in progress.bar(S.tasks, desc=f"each model on every task (seed {Ss.seed})"):
+        rows += Ss.evaluate_checkpoint(t, [t], split, "fine-tuned")
+        cross += [dict(r, trained_on=t) for r in Ss.evaluate_checkpoint(t, S.tasks, cross_split, "fine-tuned")]
+    rows += Ss.evaluate_checkpoint(MULTITASK, S.tasks, split, "multitask")
+    cross += Ss.evaluate_checkpoint(None, S.tasks, cross_split, "zero-shot")
+rows = pd.DataFrame(rows)
+table = tables.summary(rows, ["zero-shot", "fine-tuned", "multitask"], S.tasks, S.seeds)
+S.save_table(table, "individual", "evaluate", params, markdown=tables.markdown(table),
+             caption=f"Accuracy (%) on the {split} split of each task, mean over {len(S.seeds)} training seeds: "
+                     f"pretrained encoder with the probe head (zero-shot), the model fine-tuned on the task, and the "
+                     f"multitask model; the average over tasks with its 95 % interval (bootstrap over seeds and test "
+                     f"examples) and the range of the per-seed averages.")
 table.round(1)
 
 # %% [markdown]
 # Each fine-tuned model on every task (rows: the task it was trained on), as accuracy gained
-# over the zero-shot encoder.
+# over the zero-shot encoder: mean over seeds (the CSV has each seed).
 
 # %%
-zero = {r["task"]: r["accuracy"] for r in S.evaluate_checkpoint(None, S.tasks, cross_split, "zero-shot")}
-cross = []
-for t in S.tasks:
-    cross += [dict(r, trained_on=t) for r in S.evaluate_checkpoint(t, S.tasks, cross_split, "fine-tuned")]
-cross = pd.DataFrame(cross)
-cross["gain"] = (cross["accuracy"] - cross["task"].map(zero)) * 100
-matrix = cross.pivot(index="trained_on", columns="task", values="gain").loc[S.tasks, S.tasks]
-
-import seaborn as sns
-
+cross = pd.DataFrame(cross).drop(columns=["pred", "correct"])
+zero = cross[cross.method == "zero-shot"].groupby("task")["accuracy"].mean()
+cross = cross[cross.method == "fine-tuned"].copy()
+cross["gain (points)"] = (cross["accuracy"] - cross["task"].map(zero)) * 100
+matrix = cross.groupby(["trained_on", "task"])["gain (points)"].mean().unstack().loc[S.tasks, S.tasks]
 fig, ax = plots.figure(width=4.6, height=3.8)
 sns.heatmap(matrix, annot=True, fmt=".0f", center=0, cmap="RdBu", cbar_kws={"label": "accuracy gain (points)"},
             annot_kws={"size": 6.5}, ax=ax)
 ax.set(xlabel="evaluated on", ylabel="fine-tuned on",
-       title=f"Fine-tuned models on every task ({cross_split}), vs zero-shot")
-S.save_figure(fig, "cross_task", "evaluate", params)
+       title=f"Fine-tuned models on every task ({cross_split}), vs zero-shot\n(mean over {len(S.seeds)} seeds)")
+S.save_figure(fig, "cross_task", "evaluate", params,
+              data=cross[["trained_on", "task", "seed", "split", "accuracy", "gain (points)"]])

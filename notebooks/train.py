@@ -15,8 +15,9 @@
 #
 # The encoder is trained on one task with that task's probe head frozen — or, for
 # `task = "multitask"`, on all tasks at once (the paper's multitask row, and the source of the
-# oracle sign vector). The pipeline runs this notebook once per task. A checkpoint made with the
-# same resolved parameters is reused, not retrained.
+# oracle sign vector) — once for every training seed of the study. The pipeline runs this
+# notebook once per task. A checkpoint made with the same resolved parameters is reused, not
+# retrained.
 
 # %% tags=["parameters"]
 study: str = "default"  # which study: params/<study>/study.yaml
@@ -31,19 +32,22 @@ from tiesnb import plots
 from tiesnb.study import Study
 
 S = Study.load(study)
-checkpoint = S.train(task)
-record = json.loads((checkpoint / "params.json").read_text())
-record["resolved"]["train"]
+records = {}
+for Ss in S.each_seed():
+    checkpoint = Ss.train(task)
+    records[Ss.seed] = json.loads((checkpoint / "params.json").read_text())
+records[S.seeds[0]]["resolved"]["train"]
 
 # %% [markdown]
-# Training loss per step (a running mean over 20 steps).
+# Training loss per step (a running mean over 20 steps), one line per seed.
 
 # %%
 import pandas as pd
 
-loss = pd.Series(record.get("metrics", {}).get("loss", []), dtype=float)
 fig, ax = plots.figure()
-ax.plot(loss.index, loss, alpha=0.3, lw=0.8)
-ax.plot(loss.index, loss.rolling(20, min_periods=1).mean(), lw=1.5)
-ax.set(xlabel="step", ylabel="cross-entropy", title=f"{task} ({record['resolved']['train']['mode']})")
+for s, record in records.items():
+    loss = pd.Series(record.get("metrics", {}).get("loss", []), dtype=float)
+    ax.plot(loss.index, loss.rolling(20, min_periods=1).mean(), lw=1.2, label=f"seed {s}")
+ax.set(xlabel="step", ylabel="cross-entropy", title=f"{task} ({records[S.seeds[0]]['resolved']['train']['mode']})")
+plots.legend_outside(ax)
 plt.show()

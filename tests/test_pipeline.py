@@ -37,6 +37,25 @@ def test_every_parameter_file_matches_its_notebook():
             pipeline.resolve(f.stem.split("-")[0], f)  # raises on a bad key or type
 
 
+def test_a_study_can_inherit_another(tmp_path, monkeypatch):
+    from tiesnb.study import params_file
+
+    quick = Study.load("quick")
+    default = Study.load("default")
+    assert quick.seeds == [0] and default.seeds == [0, 1, 2]
+    assert quick.tasks == default.tasks and quick.config.n_val == default.config.n_val
+    assert quick.figures_dir != default.figures_dir  # never over the committed figures
+    assert params_file("quick", "merge_sweep") == paths.PARAMS / "quick" / "merge_sweep.yaml"
+    assert params_file("quick", "train-fever") == paths.PARAMS / "default" / "train-fever.yaml"
+    frozen = Study.load("ab-frozen")
+    assert frozen.config.train_embeddings is False and default.config.train_embeddings is True
+    monkeypatch.setattr(paths, "PARAMS", tmp_path)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "study.yaml").write_text("name: a\ninherit: nope\n")
+    with pytest.raises(TiesnbError, match="inherit names study 'nope'"):
+        Study.load("a")
+
+
 def test_a_misspelled_or_mistyped_parameter_stops_the_run(tmp_path):
     bad = tmp_path / "merge_sweep.yaml"
     bad.write_text("ties_kz: [0.2]\n")
@@ -113,20 +132,27 @@ def test_every_notebook_ran_and_recorded_its_parameters(smoke_run):
         assert stamp["parameters"]["study"] == "smoke"
         assert (smoke_run / "notebooks" / f"{run}.ipynb").exists()
     assert json.loads((smoke_run / "stamps" / "train-multitask.json").read_text())["parameters"]["task"] == "multitask"
-    for task in ("bbc_news", "rotten_tomatoes", "multitask"):
-        assert (smoke_run / "checkpoints" / task / "model.safetensors").exists()
+    for seed in (0, 1):  # every model once per training seed
+        for task in ("bbc_news", "rotten_tomatoes", "multitask"):
+            ck = smoke_run / f"seed-{seed}" / "checkpoints" / task
+            assert (ck / "model.safetensors").exists()
+            assert json.loads((ck / "params.json").read_text())["resolved"]["train"]["seed"] == seed
 
 
-def test_every_figure_and_table_is_written(smoke_run):
+def test_every_figure_and_table_is_written_with_its_data(smoke_run):
     figures = smoke_run / "figures"
-    tables = {"individual", "table1", "merge_sweep", "ablations"}
     for name in (o for outs in pipeline.OUTPUTS.values() for o in outs):
-        exts = ("csv", "md") if name in tables else ("png", "pdf")
+        exts = ("csv", "md") if name in pipeline.TABLES else ("png", "pdf", "csv")  # every figure has its CSV
         for ext in exts:
             assert (figures / f"{name}.{ext}").stat().st_size > 0, f"{name}.{ext}"
+        if name not in pipeline.TABLES:
+            data = pd.read_csv(figures / f"{name}.csv")
+            assert len(data) > 0 and "seed" in data.columns, name  # the plotted numbers, per seed
         prov = json.loads((figures / "provenance" / f"{name}.json").read_text())
         assert prov["study"]["name"] == "smoke" and prov["notebook"] == pipeline.owner(name)
-    assert not list(figures.glob(".*tmp*"))  # no half-written outputs
+        if (figures / f"{name}.md").exists():
+            assert "nan" not in (figures / f"{name}.md").read_text()  # blanks, never nan
+    assert not list(figures.rglob(".*tmp*"))  # no half-written outputs
 
 
 def test_tables_hold_the_expected_rows(smoke_run):
@@ -135,25 +161,50 @@ def test_tables_hold_the_expected_rows(smoke_run):
     for m in ["zero-shot", "fine-tuned", "multitask", "averaging", "task arithmetic", "TIES", "DARE", "Fisher", "RegMean"]:
         assert m in methods, m
     assert any(m.startswith("TIES (k = 20%") for m in methods) and any("no validation" in m for m in methods)
-    assert set(t1.columns) >= {"bbc_news", "rotten_tomatoes", "average", "paper T5-base"}
+    assert set(t1.columns) >= {"bbc_news", "rotten_tomatoes", "average", "average_lo", "average_hi", "paper T5-base"}
     assert ((t1["average"] >= 0) & (t1["average"] <= 100)).all()
+    assert (t1["average_lo"] <= t1["average"]).all() and (t1["average"] <= t1["average_hi"]).all()
+    # the average is the mean of the per-task means (each the mean over seeds)
+    assert t1["average"].to_numpy() == pytest.approx(t1[["bbc_news", "rotten_tomatoes"]].mean(axis=1).to_numpy())
+    comp = pd.read_csv(smoke_run / "figures" / "comparisons.csv")
+    assert list(comp["comparison"][:3]) == ["TIES − task arithmetic", "TIES − averaging", "TIES − RegMean"]
+    assert comp["comparison"].str.startswith("TIES − best other method").any()
+    assert ((comp["lo"] <= comp["difference"]) & (comp["difference"] <= comp["hi"])).all()
+    assert (comp["separated"] == ((comp["lo"] > 0) | (comp["hi"] < 0))).all()
     abl = pd.read_csv(smoke_run / "figures" / "ablations.csv")
     assert list(abl["method"]) == ["TIES", "without trim", "without elect", "without disjoint mean",
-                                   "TIES with the multitask model's signs (oracle)", "without scaling (λ = 1)"]
+                                   "without scaling (λ = 1)", "TIES with the multitask model's signs (oracle)"]
+    assert {"average (val)", "vs TIES", "paper T5-base (val)"} <= set(abl.columns)
+    # the ablation's TIES is Table 1's tuned TIES
+    assert abl.loc[0, "average"] == pytest.approx(t1.set_index("method").loc["TIES", "average"])
     ind = pd.read_csv(smoke_run / "figures" / "individual.csv")
     assert list(ind["method"]) == ["zero-shot", "fine-tuned", "multitask"]
     sweep = pd.read_csv(smoke_run / "figures" / "merge_sweep.csv")
     assert len(sweep) == 1 + 2 + 2 + 1 + 1 + 1  # average, TA λ×2, TIES λ×2, DARE, Fisher, RegMean
+    assert {"seed 0", "seed 1", "mean"} <= set(sweep.columns)
+
+
+def test_per_example_predictions_are_saved_and_agree_with_the_tables(smoke_run):
+    pred = pd.read_csv(smoke_run / "figures" / "predictions" / "table1.csv", dtype={"predicted": str, "correct": str})
+    assert set(pred["seed"]) == {0, 1}
+    for _, r in pred.iterrows():
+        assert len(r["predicted"]) == len(r["correct"]) == r["n"]
+        assert r["correct"].count("1") / r["n"] == pytest.approx(r["accuracy"])
+    t1 = pd.read_csv(smoke_run / "figures" / "table1.csv").set_index("method")
+    ties = pred[pred.label == "TIES"].groupby("task")["accuracy"].mean() * 100
+    assert ties["bbc_news"] == pytest.approx(t1.loc["TIES", "bbc_news"])
 
 
 def test_a_rerun_reuses_the_cached_results(smoke_run):
-    cache = smoke_run / "cache" / "evaluations.jsonl"
-    before = cache.read_text()
+    cache = smoke_run / "cache" / "evaluations"
+    before = {p: p.stat().st_mtime_ns for p in cache.rglob("*.json")}
+    record = json.loads(next(iter(before)).read_text())
+    assert all({"accuracy", "pred", "correct2"} <= set(v) for v in record["tasks"].values())  # per example
     env = {**os.environ, "TIESNB_RUNS": str(smoke_run.parent), "PYTHONWARNINGS": "ignore"}
     r = subprocess.run([sys.executable, "-m", "tiesnb.cli", "run", "ablations", "--study", "smoke", "--quiet"],
                        env=env, capture_output=True, text=True, cwd=paths.ROOT)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert cache.read_text() == before  # nothing evaluated again
+    assert {p: p.stat().st_mtime_ns for p in cache.rglob("*.json")} == before  # nothing evaluated again
 
 
 def test_a_failing_notebook_keeps_its_output_and_writes_no_stamp(smoke_run, tmp_path):

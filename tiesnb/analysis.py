@@ -106,6 +106,36 @@ def best(rows: pd.DataFrame, by: Sequence[str], metric: str = "accuracy") -> dic
     return dict(zip(by, top if isinstance(top, tuple) else (top,)))
 
 
-def normalized(rows: pd.DataFrame, reference: Mapping[str, float]) -> pd.Series:
-    """Accuracy divided by the individual fine-tuned model's accuracy on the same task and split."""
+def choose(rows: pd.DataFrame, grid: Mapping[str, Sequence[float]], what: str, seed: int | None = None,
+           metric: str = "accuracy") -> tuple[dict, list[str]]:
+    """:func:`best` over the knobs of ``grid``, and the knobs whose choice lies at the edge of its
+    grid (:func:`tiesnb.stats.at_edge`) — each also announced as a warning, since the optimum may
+    then lie outside what was tried."""
+    from . import progress, stats
+
+    chosen = best(rows, list(grid), metric)
+    chosen = {k: (float(v) if isinstance(v, (int, float)) else v) for k, v in chosen.items()}
+    edges = stats.at_edge(chosen, grid)
+    for knob in edges:
+        values = sorted(grid[knob])
+        msg = (f"warning: {what}{'' if seed is None else f' (seed {seed})'}: the chosen {knob} = {chosen[knob]:g} "
+               f"is at the edge of its grid [{values[0]:g} … {values[-1]:g}]")
+        print(msg)
+        progress.note(msg)
+    return chosen, edges
+
+
+def setting_text(hp: Mapping[str, float], edges: Sequence[str] = ()) -> str:
+    """``k = 20%, λ = 1.4`` (``(edge)`` after a value at the edge of its grid)."""
+    shown = {"k": lambda v: f"k = {v:.0%}", "lam": lambda v: f"λ = {v:g}", "alpha": lambda v: f"α = {v:g}"}
+    return ", ".join(shown[k](v) + (" (edge)" if k in edges else "") for k, v in hp.items() if k in shown)
+
+
+def normalized(rows: pd.DataFrame, reference: Mapping) -> pd.Series:
+    """Accuracy divided by the individual fine-tuned model's accuracy on the same task and split
+    (``reference`` keyed by task, or by ``(seed, task)`` to normalize each seed by its own model)."""
+    keys = next(iter(reference)) if reference else None
+    if isinstance(keys, tuple):
+        return rows["accuracy"] / pd.Series([reference[(s, t)] for s, t in zip(rows["seed"], rows["task"])],
+                                            index=rows.index)
     return rows["accuracy"] / rows["task"].map(reference)

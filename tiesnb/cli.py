@@ -116,8 +116,10 @@ def cmd_data(args) -> int:
 def cmd_train(args) -> int:
     from .study import Study
 
-    out = Study.load(args.study).train(args.task, progress=not args.quiet)
-    print(f"checkpoint: {out}")
+    study = Study.load(args.study)
+    for seed in ([args.seed] if args.seed is not None else study.seeds):
+        out = study.at_seed(seed).train(args.task, progress=not args.quiet)
+        print(f"checkpoint (seed {seed}): {out}")
     return 0
 
 
@@ -141,6 +143,7 @@ def main(argv=None) -> int:
     p = sub.add_parser("train", help="train one model of a study without the notebook (e.g. under `accelerate launch`)")
     p.add_argument("task", help="a task of the study, or multitask")
     p.add_argument("--study", default="default")
+    p.add_argument("--seed", type=int, help="one training seed of the study (default: every seed)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("merge", help="merge checkpoints as a YAML config says")

@@ -74,7 +74,12 @@ def validate(values: Mapping[str, Any], annotations: Mapping[str, Any], where: s
 
 def load_dataclass(cls, path: str | Path, **overrides):
     """Build the dataclass ``cls`` from a YAML file, strictly."""
-    data = {**read_yaml(path), **overrides}
+    return dataclass_from(cls, {**read_yaml(path), **overrides}, path)
+
+
+def dataclass_from(cls, data: Mapping[str, Any], path: str | Path):
+    """Build the dataclass ``cls`` from a mapping read from ``path``, strictly."""
+    data = dict(data)
     hints = typing.get_type_hints(cls)
     fields = {f.name: hints[f.name] for f in dataclasses.fields(cls)}
     validate(data, fields, str(path))

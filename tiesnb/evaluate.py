@@ -53,6 +53,14 @@ class Evaluator:
                 preds[idx] = self.heads(task, pooled.float()).argmax(-1).cpu()
         return preds
 
+    def scores(self, state: Mapping[str, torch.Tensor] | None, task: str, split: str):
+        """``(predicted labels, correct (0/1 per example), None)`` — what the study caches."""
+        import numpy as np
+
+        preds = self.predictions(state, task, split).numpy()
+        gold = np.asarray([e.label for e in self.data[task].split(split)])
+        return preds, (preds == gold).astype(np.float64), None
+
     def accuracy(self, state: Mapping[str, torch.Tensor] | None, task: str, split: str) -> float:
         preds = self.predictions(state, task, split)
         gold = torch.tensor([e.label for e in self.data[task].split(split)])
@@ -91,6 +99,10 @@ def fisher_diagonal(state: Mapping[str, torch.Tensor], task: str, data: TaskData
         raise TiesnbError(f"Fisher requested for parameters the encoder lacks: {unknown[:3]}")
     for n, p in params.items():
         p.requires_grad_(n in names)
+    # the word embeddings' gradient touches only the example's tokens: a sparse gradient keeps each
+    # backward pass from writing (and squaring) all 11.7 M entries
+    words = "embeddings.word_embeddings.weight"
+    encoder.embeddings.word_embeddings.sparse = words in names
     fisher = {n: torch.zeros_like(params[n]) for n in names}
     examples = data.train[:n_examples]
     enc = models.encode(examples, max_len)
@@ -101,7 +113,12 @@ def fisher_diagonal(state: Mapping[str, torch.Tensor], task: str, data: TaskData
         for y in range(logp.shape[0]):
             grads = torch.autograd.grad(logp[y], [params[n] for n in names], retain_graph=y + 1 < logp.shape[0])
             for n, g in zip(names, grads):
-                fisher[n].add_(probs[y] * g.square())
+                if g.is_sparse:  # square the summed gradient of each row, not its pieces
+                    g = g.coalesce()
+                    g = torch.sparse_coo_tensor(g.indices(), probs[y] * g.values().square(), g.shape, check_invariants=False)
+                    fisher[n].add_(g)
+                else:
+                    fisher[n].add_(probs[y] * g.square())
     return {n: (f / max(1, len(enc))).detach().cpu() for n, f in fisher.items()}
 
 

@@ -19,13 +19,13 @@ class MiniLM:
 
     def data_key(self, study) -> str:
         c = study.config
-        return f"{c.seed}-{c.n_train}-{c.n_val}-{c.n_test}"
+        return f"{c.split_seed}-{c.n_train}-{c.n_val}-{c.n_test}"
 
     def load_task(self, study, task: str):
         from .data import load_task
 
         c = study.config
-        return load_task(task, c.n_train, c.n_val, c.n_test, c.seed)
+        return load_task(task, c.n_train, c.n_val, c.n_test, c.split_seed)
 
     def task_data(self, task: str, raw: dict):
         from .data import TaskData
@@ -43,8 +43,8 @@ class MiniLM:
 
         c = study.config
         return TrainConfig(tasks=tasks, mode=c.mode, batch_size=c.batch_size, lr=c.lr, weight_decay=c.weight_decay,
-                           warmup=c.warmup, max_len=c.max_len, train_embeddings=c.train_embeddings, seed=c.seed,
-                           autocast=c.autocast, threads=c.threads)
+                           warmup=c.warmup, max_len=c.max_len, train_embeddings=c.train_embeddings,
+                           sparse_embeddings=c.sparse_embeddings, seed=study.seed, autocast=c.autocast, threads=c.threads)
 
     def trainer(self):
         from .train import finetune
@@ -109,7 +109,7 @@ class Seq2Seq:
 
         c = study.config
         return Seq2SeqTrainConfig(tasks=tasks, mode=c.mode, batch_size=c.batch_size, lr=c.lr, weight_decay=c.weight_decay,
-                                  warmup=c.warmup, max_len=c.max_len, seed=c.seed, autocast=c.autocast, threads=c.threads,
+                                  warmup=c.warmup, max_len=c.max_len, seed=study.seed, autocast=c.autocast, threads=c.threads,
                                   model_path=c.model_path, max_target_len=c.max_target_len)
 
     def trainer(self):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import json
 import os
 import sys
@@ -27,6 +28,7 @@ from . import paths
 from .config import read_yaml, validate
 from .errors import TiesnbError
 from .io import atomic_path, write_json
+from .progress import Relay
 
 # The study's notebooks in the order they run, and the figures and tables each one writes
 # (each output is written by exactly one notebook, under a fixed name).
@@ -35,10 +37,13 @@ OUTPUTS = {
     "probe": [],
     "train": [],
     "evaluate": ["individual", "cross_task"],
-    "merge_sweep": ["table1", "merge_sweep"],
+    "merge_sweep": ["table1", "merge_sweep", "comparisons", "sensitivity"],
     "interference": ["redundancy", "sign_conflicts", "magnitudes"],
-    "ablations": ["ablations", "num_tasks", "sensitivity"],
+    "ablations": ["ablations", "num_tasks"],
 }
+
+# the outputs that are tables (CSV + Markdown); the others are figures (PNG + PDF + CSV)
+TABLES = {"individual", "table1", "merge_sweep", "comparisons", "ablations"}
 
 _TYPES = {"str": str, "int": int, "float": float, "bool": bool, "list": list, "dict": dict, "None": type(None)}
 
@@ -110,7 +115,9 @@ def run(notebook: str, study: str, params_file: str | Path | None = None, run_na
     import papermill
 
     if params_file is None:
-        params_file = paths.PARAMS / study / f"{notebook}.yaml"
+        from .study import params_file as study_params_file
+
+        params_file = study_params_file(study, notebook)
     params_file = Path(params_file)
     if not params_file.exists():
         raise TiesnbError(f"parameter file not found: {params_file}")
@@ -126,11 +133,14 @@ def run(notebook: str, study: str, params_file: str | Path | None = None, run_na
     failed = out_dir / f"{run_name}.failed.ipynb"
     failed.unlink(missing_ok=True)
     t0 = time.time()
+    relay = Relay(out_dir / f".{run_name}.progress", f"{study} {run_name}") if progress else contextlib.nullcontext()
+    if progress:
+        print(f"[{study} {run_name}] running notebooks/{notebook}.py", file=sys.stderr, flush=True)
     try:
-        with atomic_path(final) as tmp:
+        with atomic_path(final) as tmp, relay:
             try:
                 papermill.execute_notebook(str(source), str(tmp), parameters=params, kernel_name="python3",
-                                           cwd=str(paths.ROOT), progress_bar=progress, log_output=False,
+                                           cwd=str(paths.ROOT), progress_bar=False, log_output=False,
                                            report_mode=False)
             except papermill.PapermillExecutionError as e:
                 os.replace(tmp, failed)
@@ -138,6 +148,8 @@ def run(notebook: str, study: str, params_file: str | Path | None = None, run_na
                                   f"{str(e.evalue).splitlines()[0] if e.evalue else ''} — see {failed}") from None
     finally:
         source.unlink(missing_ok=True)
+    if progress:
+        print(f"[{study} {run_name}] done in {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
     write_json(paths.RUNS / study / "stamps" / f"{run_name}.json",
                {"notebook": notebook, "params_file": str(params_file), "parameters": params,
                 "seconds": round(time.time() - t0, 1), "executed": str(final)})

@@ -27,3 +27,29 @@ def figure(width: float = WIDTH, height: float = 2.4, ncols: int = 1, **kw):
     """A styled figure: one column wide by default (pass ``width=7`` for two columns)."""
     style()
     return plt.subplots(1, ncols, figsize=(width, height), **kw)
+
+
+def seed_band(ax, df, x: str, y: str, color=None, label: str | None = None, ls: str = "-", marker: str = "o",
+              seed: str = "seed"):
+    """A line of the mean of ``y`` over seeds at each ``x``, and a band from the lowest to the
+    highest seed: how far a rerun with another seed could move it."""
+    g = df.groupby(x)[y]
+    mean, lo, hi = g.mean(), g.min(), g.max()
+    ax.plot(mean.index, mean.values, ls=ls, marker=marker, markersize=3, lw=1.2, color=color, label=label)
+    if df[seed].nunique() > 1:
+        ax.fill_between(mean.index, lo.values, hi.values, color=color, alpha=0.18, lw=0)
+    return mean
+
+
+def legend_outside(ax, **kw) -> None:
+    """The legend beside the axes (never over the data)."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, frameon=False, **kw)
+
+
+def legend_below(ax, ncol: int = 3, **kw) -> None:
+    """The legend under the axes (never over the data)."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=ncol, frameon=False, **kw)

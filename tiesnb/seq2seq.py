@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from . import progress as progress_
 from .data.paper import PaperTaskData, RankExample
 from .errors import TiesnbError
 from .train import TrainConfig, record_step, resolve_autocast, set_threads
@@ -117,10 +118,14 @@ def choice_scores(model, tok, examples: Sequence[RankExample], batch_size: int =
     return out
 
 
+def rank_predictions(model, tok, examples: Sequence[RankExample], **kw) -> list[int]:
+    """The index of the highest-scoring answer choice of every example."""
+    return [int(torch.argmax(s)) for s in choice_scores(model, tok, examples, **kw)]
+
+
 def rank_accuracy(model, tok, examples: Sequence[RankExample], **kw) -> float:
-    scores = choice_scores(model, tok, examples, **kw)
-    right = sum(int(torch.argmax(s)) == x.label for s, x in zip(scores, examples))
-    return right / max(1, len(examples))
+    preds = rank_predictions(model, tok, examples, **kw)
+    return sum(p == x.label for p, x in zip(preds, examples)) / max(1, len(examples))
 
 
 class RankEvaluator:
@@ -150,6 +155,26 @@ class RankEvaluator:
 
     def accuracy(self, state, task: str, split: str) -> float:
         return statistics.median(self.template_accuracies(state, task, split))
+
+    def scores(self, state, task: str, split: str):
+        """Per example, the prediction and correctness under the median template (the mean of the
+        two middle templates' correctness for an even number), so that the mean of the scores is
+        the median accuracy over templates; and every template's accuracy."""
+        import numpy as np
+
+        self._load(state)
+        d = self.data[task]
+        preds, correct = [], []
+        for t in range(len(d.templates)):
+            examples = d.examples(split, t)
+            p = np.asarray(rank_predictions(self.model, self.tok, examples, **self.kw))
+            preds.append(p)
+            correct.append((p == np.asarray([x.label for x in examples])).astype(np.float64))
+        accs = [float(c.mean()) for c in correct]
+        self.last_spread[(task, split)] = accs
+        order = sorted(range(len(accs)), key=lambda i: (accs[i], i))
+        mid = order[(len(order) - 1) // 2: len(order) // 2 + 1]  # one template, or the two middle ones
+        return preds[mid[0]], sum(correct[i] for i in mid) / len(mid), accs
 
 
 # ----------------------------------------------------------------------------------------------
@@ -207,8 +232,8 @@ def finetune(cfg: Seq2SeqTrainConfig, data: Mapping[str, PaperTaskData], heads_s
         return data[task].train[orders[task].pop()]
 
     model.train()
-    bar = tqdm(range(cfg.steps), desc=f"train {'+'.join(cfg.tasks) if len(cfg.tasks) < 3 else 'multitask'} ({cfg.mode})",
-               disable=not progress or not acc.is_local_main_process, leave=False)
+    bar = progress_.bar(range(cfg.steps), desc=f"train {'+'.join(cfg.tasks) if len(cfg.tasks) < 3 else 'multitask'} ({cfg.mode}, seed {cfg.seed})",
+                        disable=not progress or not acc.is_local_main_process)
     for step in bar:
         which = torch.randint(len(cfg.tasks), (cfg.batch_size,), generator=gen).tolist()
         pairs = _target_batch(data, [(cfg.tasks[w], draw(cfg.tasks[w])) for w in which], gen)

@@ -6,25 +6,35 @@ its own YAML beside it. Everything the study makes goes under ``runs/<study>/`` 
 statistics, cached results, executed notebooks) except its figures and tables, which go to
 ``figures_dir`` (``figures/`` for the default study).
 
+Training seeds. ``seeds: [0, 1, 2]`` retrains every task model and the multitask model once per
+seed (the seed drives the initialisation of what is trained, the data order and dropout); the
+splits (``split_seed``) and the heads stay the same for every seed. ``study.at_seed(s)`` is the
+study seen from one seed: its checkpoints live in ``runs/<study>/seed-<s>/`` and every evaluation
+row it returns carries ``seed``; the notebooks loop over ``study.seeds`` and the tables report the
+mean over seeds with an interval (:mod:`tiesnb.stats`).
+
 Expensive steps are reused when their resolved parameters have not changed: checkpoints (see
-:func:`tiesnb.train.train_checkpoint`), statistics, and every evaluation result, cached under a
-key of everything that determines it — the merge recipe, the inputs' fingerprints, the data, the
-heads, the evaluation settings and the code of the merge and evaluation modules.
+:func:`tiesnb.train.train_checkpoint`), statistics, and every evaluation, cached — accuracy and
+the prediction for every example — under a key of everything that determines it: the merge
+recipe, the inputs' fingerprints, the data, the heads, the evaluation settings and the code of
+the modules on the evaluation path.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+import copy
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
 import torch
 
 from . import __version__, paths
 from .checkpoints import load_state_dict, save_state_dict
-from .config import load_dataclass
+from .config import dataclass_from, read_yaml
 from .errors import TiesnbError
 from .io import atomic_path, sha256_cached, write_json
 
@@ -37,13 +47,14 @@ class StudyConfig:
 
     name: str
     tasks: list[str]
+    inherit: str = ""  # another study whose study.yaml (and notebook parameter files) this one starts from
     model: str = "minilm"  # minilm (the embedded study) | seq2seq (T5 / T0, rank classification)
     model_path: str = ""  # seq2seq: the pretrained model, a local folder or a hub name
     data_dir: str = ""  # seq2seq: local copies <dataset>/<split>.jsonl (default: the hub or its cache)
     story_cloze_dir: str = ""  # seq2seq: the manually downloaded Story Cloze folder
-    split_seed: int = 42  # seq2seq: the shuffle of the evaluation split (the original's 42)
+    split_seed: int = 0  # the shuffle that draws the splits (seq2seq: the original's 42); fixed across seeds
     max_target_len: int = 32  # seq2seq: tokens of an answer choice
-    seed: int = 0
+    seeds: list[int] = field(default_factory=lambda: [0])  # training seeds: every model is trained once per seed
     # data: examples per split and task (validation and test class-balanced)
     n_train: int = 2000
     n_val: int = 64
@@ -64,7 +75,8 @@ class StudyConfig:
     lr: float = 1e-4
     weight_decay: float = 0.01
     warmup: float = 0.1
-    train_embeddings: bool = False
+    train_embeddings: bool = False  # train (and merge) the embedding tables too, as full fine-tuning does
+    sparse_embeddings: bool = True  # with train_embeddings: word-embedding rows updated sparsely (lazy Adam)
     # statistics for the Fisher and RegMean baselines
     fisher_examples: int = 64
     gram_examples: int = 256
@@ -72,22 +84,74 @@ class StudyConfig:
     figures_dir: str = "figures"
 
 
+EVAL_CODE = ["evaluate.py", "models.py", "seq2seq.py", "train.py", "families.py", "merge/*.py", "data/*.py"]
+
+
 def _code_fingerprint() -> str:
-    """Hash of the modules whose code determines merge and evaluation results."""
+    """Hash of the modules whose code determines merge and evaluation results: the model, the
+    evaluators, the data readers and templates, the merge methods."""
     h = hashlib.sha256(__version__.encode())
     pkg = Path(__file__).parent
-    for rel in sorted(["evaluate.py", "models.py", *[f"merge/{p.name}" for p in (pkg / "merge").glob("*.py")]]):
-        h.update((pkg / rel).read_bytes())
+    for path in sorted({p for pattern in EVAL_CODE for p in pkg.glob(pattern)}):
+        h.update(str(path.relative_to(pkg)).encode())
+        h.update(path.read_bytes())
     return h.hexdigest()[:12]
+
+
+def _encode_digits(values: np.ndarray) -> str | list:
+    """Per-example values as a compact string of digits when they are small integers."""
+    v = np.asarray(values)
+    if v.size and np.issubdtype(v.dtype, np.integer) and v.min() >= 0 and v.max() <= 9:
+        return "".join(map(str, v.tolist()))
+    return v.tolist()
+
+
+def _decode_digits(raw: str | list, dtype) -> np.ndarray:
+    if isinstance(raw, str):
+        return np.frombuffer(raw.encode(), dtype=np.uint8).astype(dtype) - dtype(ord("0"))
+    return np.asarray(raw, dtype=dtype)
+
+
+def study_settings(name: str) -> dict:
+    """``params/<name>/study.yaml``, on top of the study it names in ``inherit`` (one level)."""
+    path = paths.PARAMS / name / "study.yaml"
+    if not path.exists():
+        known = sorted(str(p.parent.relative_to(paths.PARAMS)) for p in paths.PARAMS.rglob("study.yaml"))
+        raise TiesnbError(f"no study {name!r}: {path} is missing; studies: {', '.join(known)}")
+    own = read_yaml(path)
+    parent = own.get("inherit")
+    if not parent:
+        return own
+    parent_path = paths.PARAMS / str(parent) / "study.yaml"
+    if not parent_path.exists():
+        raise TiesnbError(f"{path}: inherit names study {parent!r}, but {parent_path} is missing")
+    base = read_yaml(parent_path)
+    if base.get("inherit"):
+        raise TiesnbError(f"{path}: inherits {parent!r}, which inherits again; one level only")
+    return {**base, "figures_dir": "", **own}  # a derived study never writes over its parent's figures
+
+
+def params_file(study: str, run: str) -> Path:
+    """The parameter file of one notebook run: the study's own, or its parent's (``inherit``)."""
+    own = paths.PARAMS / study / f"{run}.yaml"
+    if own.exists():
+        return own
+    parent = study_settings(study).get("inherit")
+    if parent and (paths.PARAMS / str(parent) / f"{run}.yaml").exists():
+        return paths.PARAMS / str(parent) / f"{run}.yaml"
+    return own
 
 
 class Study:
     """The steps of one study, from the notebooks' point of view."""
 
-    def __init__(self, config: StudyConfig):
+    def __init__(self, config: StudyConfig, seed: int | None = None):
         self.config = c = config
         if c.mode not in ("full", "ia3"):
             raise TiesnbError(f"study {c.name}: mode must be full or ia3, got {c.mode!r}")
+        if not c.seeds or len(set(c.seeds)) != len(c.seeds):
+            raise TiesnbError(f"study {c.name}: seeds must be a non-empty list of distinct integers, got {c.seeds}")
+        self.seed = c.seeds[0] if seed is None else seed
         from .families import family
 
         self.family = family(c.model)
@@ -100,8 +164,7 @@ class Study:
             self.figures_dir = paths.FIGURES
         else:
             self.figures_dir = (paths.ROOT / c.figures_dir).resolve()
-        self._data: dict | None = None
-        self._evaluator = None
+        self._shared: dict[str, Any] = {}  # data and evaluator: shared by every seed's view
         self._states: dict[str, dict] = {}
         self._tau: dict[str, dict] = {}  # merged task vectors of the last setting, reused across λ
         self._tv: dict[str, Any] = {}
@@ -110,30 +173,51 @@ class Study:
 
     @classmethod
     def load(cls, name: str) -> "Study":
-        path = paths.PARAMS / name / "study.yaml"
-        if not path.exists():
-            known = sorted(str(p.parent.relative_to(paths.PARAMS)) for p in paths.PARAMS.rglob("study.yaml"))
-            raise TiesnbError(f"no study {name!r}: {path} is missing; studies: {', '.join(known)}")
-        return cls(load_dataclass(StudyConfig, path))
+        return cls(dataclass_from(StudyConfig, study_settings(name), paths.PARAMS / name / "study.yaml"))
 
     @property
     def tasks(self) -> list[str]:
         return list(self.config.tasks)
 
+    @property
+    def seeds(self) -> list[int]:
+        return list(self.config.seeds)
+
+    def at_seed(self, seed: int) -> "Study":
+        """This study seen from one training seed: the same data, heads and evaluator, that seed's
+        checkpoints, statistics and task vectors."""
+        if seed not in self.config.seeds:
+            raise TiesnbError(f"seed {seed} is not one of study {self.config.name}'s seeds {self.config.seeds}")
+        view = copy.copy(self)
+        view.seed = seed
+        view._states, view._tau, view._tv = {}, {}, {}
+        return view
+
+    def each_seed(self):
+        """The study at each of its seeds, in order (one at a time: a seed's models are released
+        when the loop moves on)."""
+        for s in self.seeds:
+            yield self.at_seed(s)
+
+    @property
+    def seed_dir(self) -> Path:
+        return self.run_dir / f"seed-{self.seed}"
+
     # ------------------------------------------------------------------ data and heads
     def data(self) -> dict:
         """Every task's splits, read once and kept as JSON under the run folder."""
-        if self._data is None:
-            self._data = {}
+        if "data" not in self._shared:
+            data = {}
             key = self.family.data_key(self)
             for task in self.tasks:
                 path = self.run_dir / "data" / f"{task}-{key}.json"
                 if path.exists():
-                    self._data[task] = self.family.task_data(task, json.loads(path.read_text()))
+                    data[task] = self.family.task_data(task, json.loads(path.read_text()))
                 else:
-                    d = self._data[task] = self.family.load_task(self, task)
+                    d = data[task] = self.family.load_task(self, task)
                     write_json(path, d.to_json())
-        return self._data
+            self._shared["data"] = data
+        return self._shared["data"]
 
     def data_summary(self):
         """One row per task: examples per split, classes or prompt templates."""
@@ -182,7 +266,7 @@ class Study:
         return cfg
 
     def checkpoint_dir(self, task: str) -> Path:
-        return self.run_dir / "checkpoints" / task
+        return self.seed_dir / "checkpoints" / task
 
     def train(self, task: str, progress: bool = True) -> Path:
         from .train import train_checkpoint
@@ -195,7 +279,7 @@ class Study:
         if task not in self._states:
             path = self.checkpoint_dir(task)
             if not (path / "model.safetensors").exists():
-                raise TiesnbError(f"no checkpoint for {task!r} in study {self.config.name}: "
+                raise TiesnbError(f"no checkpoint for {task!r} (seed {self.seed}) in study {self.config.name}: "
                                   f"run `make train STUDY={self.config.name}`")
             self._states[task] = load_state_dict(path)
         return self._states[task]
@@ -204,7 +288,7 @@ class Study:
         """The checkpoint's content hash (remembered per file and modification time)."""
         path = self.checkpoint_dir(task) / "model.safetensors"
         if not path.exists():
-            raise TiesnbError(f"no checkpoint for {task!r} in study {self.config.name}: "
+            raise TiesnbError(f"no checkpoint for {task!r} (seed {self.seed}) in study {self.config.name}: "
                               f"run `make train STUDY={self.config.name}`")
         return sha256_cached(path)[:16]
 
@@ -269,7 +353,7 @@ class Study:
             raise TiesnbError("the Fisher and RegMean baselines are implemented for full fine-tuning (mode: full)")
         if kind not in ("fisher", "grams"):
             raise TiesnbError(f"unknown statistic {kind!r}: fisher or grams")
-        folder = self.run_dir / "stats" / f"{kind}-{task}"
+        folder = self.seed_dir / "stats" / f"{kind}-{task}"
         resolved = {"checkpoint": self.checkpoint_fingerprint(task), "n": c.fisher_examples if kind == "fisher" else c.gram_examples,
                     "max_len": c.max_len, "code": _code_fingerprint()}
         meta = folder / "params.json"
@@ -281,9 +365,9 @@ class Study:
 
     # ------------------------------------------------------------------ evaluation, cached
     def evaluator(self):
-        if self._evaluator is None:
-            self._evaluator = self.family.evaluator(self)
-        return self._evaluator
+        if "evaluator" not in self._shared:
+            self._shared["evaluator"] = self.family.evaluator(self)
+        return self._shared["evaluator"]
 
     def _eval_key(self, recipe: Mapping[str, Any], tasks: Sequence[str], split: str) -> str:
         c = self.config
@@ -297,46 +381,48 @@ class Study:
     def _heads_fingerprint(self) -> str:
         return sha256_cached(self.heads_dir / "model.safetensors")[:16]
 
-    def _cache_path(self) -> Path:
-        return self.run_dir / "cache" / "evaluations.jsonl"
+    def _cache_file(self, key: str) -> Path:
+        return self.run_dir / "cache" / "evaluations" / key[:2] / f"{key}.json"
 
-    def _cache(self) -> dict[str, list[dict]]:
-        path = self._cache_path()
-        out = {}
-        if path.exists():
-            for line in path.read_text().splitlines():
-                try:
-                    rec = json.loads(line)
-                    out[rec["key"]] = (rec["accuracy"], rec.get("spread", {}))
-                except (json.JSONDecodeError, KeyError):
-                    continue  # a line cut by an interrupted run: ignored, recomputed
-        return out
+    def _cached(self, key: str) -> dict | None:
+        path = self._cache_file(key)
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            path.unlink(missing_ok=True)  # unreadable: recomputed
+            return None
 
     def evaluate(self, state_fn: Callable[[], Mapping[str, torch.Tensor] | None], recipe: Mapping[str, Any],
                  tasks: Sequence[str], split: str, method: str, **hparams: Any) -> list[dict]:
-        """Accuracy rows of the model that ``state_fn`` builds (only called on a cache miss)."""
+        """Accuracy rows of the model that ``state_fn`` builds (only called on a cache miss), one
+        per task, each with the seed, the number of examples, and the per-example predictions
+        (``pred``) and scores (``correct``: 1 right, 0 wrong; the mean is the accuracy)."""
         key = self._eval_key(recipe, tasks, split)
-        cache = self._cache()
-        if key in cache:
-            acc, spread = cache[key]
-        else:
+        record = self._cached(key)
+        if record is None:
             state = self.encoder(state_fn())
             ev = self.evaluator()
-            acc, spread = {}, {}
+            record = {"key": key, "tasks": {}}
             for t in tasks:
-                acc[t] = ev.accuracy(state, t, split)
-                per_template = getattr(ev, "last_spread", {}).get((t, split))
-                if per_template:  # several prompt templates: the median is reported, and the range
-                    spread[t] = [min(per_template), max(per_template)]
-            path = self._cache_path()
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "a") as f:  # one line per result: appending is atomic enough
-                f.write(json.dumps({"key": key, "accuracy": acc, "spread": spread}) + "\n")
+                pred, correct, spread = ev.scores(state, t, split)
+                record["tasks"][t] = {"accuracy": float(np.mean(correct)), "pred": _encode_digits(pred),
+                                      "correct2": _encode_digits(np.rint(2 * np.asarray(correct)).astype(np.int64))}
+                if spread:  # several prompt templates: the median is reported, and the range
+                    record["tasks"][t]["spread"] = [min(spread), max(spread)]
+            write_json(self._cache_file(key), record)
+        if "seed" in hparams:  # a method's own seed (DARE's drop): the column "seed" is the training seed
+            hparams["method_seed"] = hparams.pop("seed")
         rows = []
         for t in tasks:
-            row = {"task": t, "split": split, "method": method, **hparams, "accuracy": acc[t]}
-            if t in spread:
-                row["template_min"], row["template_max"] = spread[t]
+            r = record["tasks"][t]
+            correct = _decode_digits(r["correct2"], np.float64) / 2
+            row = {"task": t, "split": split, "method": method, "seed": self.seed, **hparams,
+                   "accuracy": r["accuracy"], "n": len(correct), "pred": _decode_digits(r["pred"], np.int64),
+                   "correct": correct}
+            if "spread" in r:
+                row["template_min"], row["template_max"] = r["spread"]
             rows.append(row)
         return rows
 
@@ -405,20 +491,33 @@ class Study:
                     "study": asdict(self.config), "tiesnb": __version__})
 
     def save_table(self, df, name: str, notebook: str, params: Mapping[str, Any], caption: str = "",
-                   floatfmt: str = ".1f") -> Path:
-        """``<name>.csv`` and ``<name>.md`` in the figures folder, atomically, with provenance."""
+                   floatfmt: str = ".1f", markdown: str | None = None) -> Path:
+        """``<name>.csv`` and ``<name>.md`` in the figures folder, atomically, with provenance
+        (``markdown``: the table's Markdown, if not the plain rendering of ``df``)."""
         self.figures_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_path(self.output(f"{name}.csv")) as tmp:
-            df.to_csv(tmp, index=False)
-        md = df.to_markdown(index=False, floatfmt=floatfmt, missingval="")
+        self.save_data(df, name)
+        from .tables import plain_markdown
+
+        md = markdown if markdown is not None else plain_markdown(df, int(floatfmt.strip(".f")))
         with atomic_path(self.output(f"{name}.md")) as tmp:
             tmp.write_text((f"{caption}\n\n" if caption else "") + md + "\n")
         self.provenance(name, notebook, params)
         return self.output(f"{name}.md")
 
-    def save_figure(self, fig, name: str, notebook: str, params: Mapping[str, Any]) -> Path:
-        """``<name>.png`` and ``<name>.pdf``, atomically, the parameters in their metadata."""
+    def save_data(self, df, name: str) -> Path:
+        """``<name>.csv`` in the figures folder (``name`` may hold a subfolder), atomically."""
+        path = self.output(f"{name}.csv")
+        with atomic_path(path) as tmp:
+            df.to_csv(tmp, index=False, float_format="%.6g")
+        return path
+
+    def save_figure(self, fig, name: str, notebook: str, params: Mapping[str, Any], data) -> Path:
+        """``<name>.png`` and ``<name>.pdf``, atomically, the parameters in their metadata, and
+        ``<name>.csv``: the plotted numbers (``data``, a DataFrame)."""
         self.figures_dir.mkdir(parents=True, exist_ok=True)
+        if data is None or len(data) == 0:
+            raise TiesnbError(f"figure {name}: no data to write beside it")
+        self.save_data(data, name)
         desc = json.dumps({"notebook": notebook, "parameters": dict(params), "study": self.config.name}, default=str)
         # no creation date in the PDF: the same figure gives the same bytes
         for ext, meta in (("png", {"Description": desc}),

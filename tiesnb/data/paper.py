@@ -180,9 +180,10 @@ class PaperTaskData:
     fingerprint: str = field(default="")
 
     def split(self, name: str) -> list[Record]:
-        if name not in ("train", "val", "test"):
-            raise TiesnbError(f"unknown split {name!r}; valid: train, val, test")
-        return getattr(self, name)
+        from .tasks import parse_split
+
+        base, n = parse_split(name)
+        return getattr(self, base)[:n]
 
     def examples(self, split: str, template: int) -> list[RankExample]:
         return [self.templates[template](r) for r in self.split(split)]

@@ -134,9 +134,8 @@ class TaskData:
     fingerprint: str = field(default="")
 
     def split(self, name: str) -> list[Example]:
-        if name not in ("train", "val", "test"):
-            raise TiesnbError(f"unknown split {name!r}; valid: train, val, test")
-        return getattr(self, name)
+        base, n = parse_split(name)
+        return getattr(self, base)[:n]
 
     def to_json(self) -> dict:
         return {"labels": self.labels, "fingerprint": self.fingerprint,
@@ -146,6 +145,16 @@ class TaskData:
     def from_json(cls, name: str, raw: dict) -> "TaskData":
         return cls(name, tuple(raw["labels"]), *[[Example(*e) for e in raw[s]] for s in ("train", "val", "test")],
                    fingerprint=raw["fingerprint"])
+
+
+def parse_split(name: str) -> tuple[str, int | None]:
+    """``train``, ``val``, ``test``, or one of them cut to its first n examples: ``test[:200]``."""
+    import re
+
+    m = re.fullmatch(r"(train|val|test)(?:\[:(\d+)\])?", name)
+    if m is None or (m.group(2) is not None and int(m.group(2)) < 1):
+        raise TiesnbError(f"unknown split {name!r}; valid: train, val, test, or the first n examples of one: test[:200]")
+    return m.group(1), None if m.group(2) is None else int(m.group(2))
 
 
 def _balanced_take(pools: list[list[int]], n: int) -> list[int]:
