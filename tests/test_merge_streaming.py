@@ -218,7 +218,7 @@ def _nan(tmp, paths):
 
 
 @pytest.mark.parametrize("make_bad, message", [
-    (lambda tmp, paths: tmp / "nope.safetensors", "checkpoint not found: .*nope.safetensors"),
+    (lambda tmp, paths: tmp / "nope.safetensors", "model 1: checkpoint not found: .*nope.safetensors"),
     (_corrupt, "corrupt safetensors file .*bad.safetensors: header is not valid JSON"),
     (_truncated, "corrupt safetensors file .*trunc.safetensors: tensor .* claims bytes"),
     (_reshaped, "shape mismatch for 'layer1.w'"),
@@ -243,7 +243,7 @@ def test_cli_bad_checkpoints_one_line_and_no_output(on_disk, capsys, make_bad, m
     (dict(params={"lamda": 1}), "unknown parameter 'lamda' for method 'ties'; valid: preset, k, trim"),
     (dict(method="tie"), "unknown merge method 'tie'; valid methods: average"),
     (dict(models=[]), "'models' .* must be a non-empty list"),
-    (dict(dtype="float8"), "unknown dtype 'float8'"),
+    (dict(dtype="float8"), "'dtype' must be one of auto, float32, bfloat16, float16; got 'float8'"),
 ])
 def test_cli_bad_configs(on_disk, capsys, cfg, message):
     tmp, base, models, paths = on_disk

@@ -292,8 +292,12 @@ def open_source(obj, label: str | None = None) -> Source:
     if isinstance(obj, Mapping):
         return DictSource(obj, label or "state dict")
     if isinstance(obj, (str, os.PathLike)):
-        return SafetensorsSource(obj, label)
-    raise TiesnbError(f"cannot read a checkpoint from {type(obj).__name__}: give a state dict or a path")
+        try:
+            return SafetensorsSource(obj, label)
+        except TiesnbError as e:  # say which input it was
+            raise TiesnbError(f"{label}: {e}" if label else str(e)) from None
+    raise TiesnbError(f"{label + ': ' if label else ''}cannot read a checkpoint from {type(obj).__name__}: "
+                      f"give a state dict or a path")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -393,11 +397,17 @@ class SafetensorsWriter:
         spec = self._advance(dst)
         self._file.flush()
         shard, offset = self.where[src]
-        with open(self.folder / self.shard_files[shard], "rb") as f:
+        if self.specs[src].nbytes != spec.nbytes:  # a guard: the engine checks tied groups first
+            raise TiesnbError(f"cannot write '{dst}' as a copy of '{src}': {spec.shape} {spec.dtype} vs "
+                              f"{self.specs[src].shape} {self.specs[src].dtype}")
+        path = self.folder / self.shard_files[shard]
+        with open(path, "rb") as f:
             f.seek(offset)
             remaining = spec.nbytes
             while remaining:
                 block = f.read(min(remaining, 1 << 24))
+                if not block:  # end of file before the tensor's end: never loop forever
+                    raise TiesnbError(f"{path} ended while copying '{src}' to '{dst}' ({remaining} bytes short)")
                 self._file.write(block)
                 remaining -= len(block)
         self._next += 1

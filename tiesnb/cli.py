@@ -39,7 +39,10 @@ CONFIG_KEYS = {
 
 
 def load_config(path: str | Path) -> dict:
+    """Read a merge config and check the type of every value (the values themselves are checked
+    by the engine before anything is read): any problem is one line naming the key."""
     from .config import read_yaml
+    from .merge import options
 
     path = Path(path)
     cfg = read_yaml(path)
@@ -50,13 +53,25 @@ def load_config(path: str | Path) -> dict:
     for key in ("method", "base", "models"):
         if key not in cfg:
             raise TiesnbError(f"config {path} lacks '{key}' ({CONFIG_KEYS[key]})")
-    if not isinstance(cfg["models"], list) or not cfg["models"]:
-        raise TiesnbError(f"'models' in {path} must be a non-empty list of checkpoint paths")
+    for key in ("method", "base"):
+        if not isinstance(cfg[key], str) or not cfg[key].strip():
+            raise TiesnbError(f"'{key}' in {path} must be {CONFIG_KEYS[key]} (a string), got {cfg[key]!r}")
+    models = cfg["models"]
+    if not isinstance(models, list) or not models or not all(isinstance(m, str) and m.strip() for m in models):
+        raise TiesnbError(f"'models' in {path} must be a non-empty list of checkpoint paths, got {models!r}")
     if not isinstance(cfg.get("params") or {}, dict):
-        raise TiesnbError(f"'params' in {path} must be a mapping of parameter names to values")
+        raise TiesnbError(f"'params' in {path} must be a mapping of parameter names to values, got {cfg['params']!r}")
     for key in ("include", "exclude"):
-        if key in cfg and (not isinstance(cfg[key], list) or not all(isinstance(p, str) for p in cfg[key])):
-            raise TiesnbError(f"'{key}' in {path} must be a list of glob patterns")
+        if key in cfg:
+            options.globs(key, cfg[key])
+    if "tied" in cfg:
+        options.tied_groups(cfg["tied"])
+    if "dtype" in cfg:
+        options.out_dtype(cfg["dtype"])
+    if "device" in cfg:
+        options.device(cfg["device"])
+    if "chunk" in cfg:
+        options.chunk(cfg["chunk"])
     return cfg
 
 

@@ -25,6 +25,7 @@ from ..checkpoints import open_source, resolve_checkpoint_files, Source
 from ..errors import TiesnbError
 from ..io import atomic_dir, sha256_cached, write_json
 from . import methods as _methods  # noqa: F401  (registers the methods)
+from . import options
 from .engine import DEFAULT_CHUNK, DictSink, FileSink, MergeJob
 from .registry import METHODS, Method, get_method
 from .task_vector import TaskVector
@@ -32,7 +33,6 @@ from .task_vector import TaskVector
 __all__ = ["merge", "merge_checkpoints", "METHODS", "TaskVector", "describe", "TIES_PRESETS"]
 
 TIES_PRESETS = _methods._ties_presets
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def describe(method: str | None = None) -> str:
@@ -40,17 +40,6 @@ def describe(method: str | None = None) -> str:
     if method is not None:
         return get_method(method).describe()
     return "\n\n".join(m.describe() for m in METHODS.values())
-
-
-def _dtype(dtype) -> torch.dtype | None:
-    if dtype is None or dtype == "auto":
-        return None
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    try:
-        return DTYPES[dtype]
-    except KeyError:
-        raise TiesnbError(f"unknown dtype {dtype!r}; valid: auto, {', '.join(DTYPES)}") from None
 
 
 def _run(job: MergeJob, method: Method, p: dict, sink) -> dict:
@@ -87,11 +76,15 @@ def _run(job: MergeJob, method: Method, p: dict, sink) -> dict:
 
 
 def _make_job(base, models, include, exclude, tied, multiplicity, dtype, device, chunk, progress) -> MergeJob:
+    opts = options.check(include, exclude, tied, dtype, device, chunk)  # before anything is read
+    if isinstance(models, (str, bytes, os.PathLike, Mapping)) or not hasattr(models, "__iter__"):
+        raise TiesnbError(f"'models' must be a list of checkpoints (paths or state dicts), got {models!r}")
+    models = list(models)
     base_src = open_source(base, "base")
     model_srcs = [open_source(m, f"model {i}") for i, m in enumerate(models)]
-    return MergeJob(base_src, model_srcs, include=tuple(include), exclude=tuple(exclude),
-                    tied=tuple(tuple(g) for g in tied), multiplicity=dict(multiplicity or {}),
-                    out_dtype=_dtype(dtype), device=device, chunk=chunk, progress=progress)
+    return MergeJob(base_src, model_srcs, include=opts["include"], exclude=opts["exclude"], tied=opts["tied"],
+                    multiplicity=dict(multiplicity or {}), out_dtype=opts["out_dtype"], device=opts["device"],
+                    chunk=opts["chunk"], progress=progress)
 
 
 def merge(method: str, base: Mapping[str, torch.Tensor] | str | os.PathLike,

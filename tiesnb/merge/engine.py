@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from ..checkpoints import DictSource, SafetensorsWriter, Source, TensorSpec
 from ..errors import TiesnbError
+from . import options
 
 DEFAULT_CHUNK = 1 << 18  # elements per model per chunk: (n, chunk) float32 stays in the CPU cache
 
@@ -68,16 +69,28 @@ class MergeJob:
     def __post_init__(self):
         if not self.models:
             raise TiesnbError("no models to merge: give at least one fine-tuned checkpoint")
-        if self.chunk < 1:
-            raise TiesnbError(f"chunk must be positive, got {self.chunk}")
-        self.device = torch.device(self.device)
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise TiesnbError("device 'cuda' requested but CUDA is not available on this machine")
+        self.chunk = options.chunk(self.chunk)
+        self.device = options.device(self.device)
+        self.tied = options.tied_groups(self.tied)
         self.n = len(self.models)
         base_names = self.base.names()
         self.order = sorted(base_names)
-        # tied groups: given ones plus storage-sharing ones of an in-memory base
-        groups = [sorted(g) for g in self.tied if sum(n in base_names for n in g) > 1]
+        # tied groups: given ones (every name a tensor of the base, all of one shape and dtype)
+        # plus storage-sharing ones of an in-memory base
+        known = set(base_names)
+        for g in self.tied:
+            missing = [n for n in g if n not in known]
+            if missing:
+                raise TiesnbError(f"'tied': {_short(missing)} {'is not a tensor' if len(missing) == 1 else 'are not tensors'} "
+                                  f"of the base ({self.base.label})")
+            specs = {n: self.base.spec(n) for n in g}
+            first = g[0]
+            for n in g[1:]:
+                a, b = specs[first], specs[n]
+                if a.shape != b.shape or a.dtype != b.dtype:
+                    raise TiesnbError(f"'tied': '{first}' is {a.shape} {str(a.dtype).removeprefix('torch.')} but '{n}' is "
+                                      f"{b.shape} {str(b.dtype).removeprefix('torch.')} in the base: tied tensors must match")
+        groups = [sorted(g) for g in self.tied]
         if isinstance(self.base, DictSource):
             groups += detect_tied(self.base.state)
         self.alias_of: dict[str, str] = {}

@@ -274,9 +274,14 @@ class SparseMerge:
         signs = None
         if p.get("signs") is not None:
             signs = open_source(p["signs"], "signs")
-            missing = [n for n in job.merged if n not in signs.names()]
+            have = set(signs.names())
+            missing = [n for n in job.merged if n not in have]
             if missing:
                 raise TiesnbError(f"the given sign vector lacks {len(missing)} merged parameter(s), e.g. {missing[0]!r}")
+            for n in job.merged:  # read position by position: every shape must be the parameter's
+                if signs.spec(n).shape != job.specs[n].shape:
+                    raise TiesnbError(f"'signs': '{n}' has shape {signs.spec(n).shape}, the parameter has "
+                                      f"{job.specs[n].shape}")
         state = SparseState(None, None, 0.0, w, signs)
         needs_norms = p["elect"] in ("normfrac", "normmass") and signs is None
         needs_majority = p["zero_sign"] == "majority" and p["elect"] != "none"
