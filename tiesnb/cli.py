@@ -1,5 +1,9 @@
 """Command line: ``tiesnb merge CONFIG.yaml --out DIR`` and ``tiesnb methods``.
 
+``CONFIG.yaml`` is tiesnb's format (below) or mergekit's (``merge_method``, ``base_model``,
+``models`` with per-model ``parameters``, …), translated as :mod:`tiesnb.merge.mergekit_config`
+describes.
+
 A merge config is YAML with the keys::
 
     method: ties                       # a registered method (tiesnb methods lists them)
@@ -42,10 +46,20 @@ def load_config(path: str | Path) -> dict:
     """Read a merge config and check the type of every value (the values themselves are checked
     by the engine before anything is read): any problem is one line naming the key."""
     from .config import read_yaml
-    from .merge import options
+    from .merge import mergekit_config
 
     path = Path(path)
     cfg = read_yaml(path)
+    if not mergekit_config.is_mergekit(cfg):
+        return _checked(cfg, path)
+    # a mergekit config: translated (its semantics kept), the original kept for the record
+    translated = _checked(mergekit_config.translate(cfg, str(path)), path)
+    return {**translated, "mergekit": cfg}
+
+
+def _checked(cfg: dict, path: Path) -> dict:
+    from .merge import options
+
     unknown = sorted(set(cfg) - set(CONFIG_KEYS))
     if unknown:
         raise TiesnbError(f"unknown config key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
@@ -85,7 +99,8 @@ def cmd_merge(args) -> int:
         include=cfg.get("include", ["*"]), exclude=cfg.get("exclude", []), tied=cfg.get("tied", []),
         dtype=cfg.get("dtype"), device=cfg.get("device", "cpu"), chunk=cfg.get("chunk", DEFAULT_CHUNK),
         progress=not args.quiet, overwrite=args.force, checksums=not args.no_checksums,
-        extra_config={"config_file": str(args.config)})
+        extra_config={"config_file": str(args.config),
+                      **({"mergekit_config": cfg["mergekit"]} if "mergekit" in cfg else {})})
     if not args.quiet:
         print(f"merged {cfg['method']} of {len(cfg['models'])} models -> {out}")
     return 0

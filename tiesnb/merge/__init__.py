@@ -162,6 +162,10 @@ def merge_checkpoints(method: str, base: str | os.PathLike, models: Sequence[str
                 "report": report,
             }
             write_json(tmp / "merge_config.json", config)
+            if extra_config and "mergekit_config" in extra_config:  # where mergekit keeps its recipe
+                import yaml
+
+                (tmp / "mergekit_config.yml").write_text(yaml.safe_dump(extra_config["mergekit_config"], sort_keys=False))
     finally:
         if pool:
             pool.shutdown(wait=False, cancel_futures=True)

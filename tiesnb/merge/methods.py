@@ -533,9 +533,9 @@ _ties_presets = {
     # FusionBench ties_merging: the original's kernel, disjoint sum, scaling factor 0.3
     "fusionbench": dict(trim="global", count="original", ties="keep", elect="mass", zero_sign="majority",
                         disjoint="sum", weighted_election=False, lam=0.3),
-    # mergekit ties (computing in float32): per-tensor top-k, election on weighted deltas,
-    # sum >= 0 elects +, Σ w τ / Σ w over agreeing entries
-    "mergekit": dict(trim="per_tensor", count="floor", ties="index", elect="mass", zero_sign="positive",
+    # mergekit ties (computing in float32): per-tensor top-k keeping at least one entry, election
+    # on weighted deltas, sum >= 0 elects +, Σ w τ / Σ w over agreeing entries
+    "mergekit": dict(trim="per_tensor", count="at_least_one", ties="index", elect="mass", zero_sign="positive",
                      disjoint="weighted_mean", weighted_election=True, lam=1.0),
     # peft ties: per-tensor topk, election on unweighted pruned deltas, weights after, Σ w τ / count
     "peft": dict(trim="per_tensor", count="floor", ties="index", elect="mass", zero_sign="positive",
@@ -573,8 +573,8 @@ register(Method(
                      "fusionbench, mergekit, peft (explicit parameters override it)", "choice", tuple(_ties_presets)),
      "k": Param(0.2, "fraction of each task vector kept (paper default 0.2)", check=_unit, rule="0 < k <= 1"),
      **_TRIM,
-     "count": Param("floor", "entries kept: floor = int(k·d); original = int(k·d) + 1 (the original's kthvalue)",
-                    "choice", ("floor", "original")),
+     "count": Param("floor", "entries kept: floor = int(k·d); at_least_one = max(1, int(k·d)) (mergekit); "
+                    "original = int(k·d) + 1 (the original's kthvalue)", "choice", ("floor", "at_least_one", "original")),
      **_ELECT, **_COMMON},
     _SPARSE, fixed={"sparsify": "magnitude", "gamma": 0.0, "rescale": False, "seed": 0}, presets=_ties_presets))
 

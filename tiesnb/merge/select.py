@@ -51,13 +51,16 @@ class Cut:
 def top_count(k: float, d: int, rule: str) -> int:
     """How many of ``d`` entries a fraction ``k`` keeps.
 
-    ``floor``: ``int(k·d)`` (mergekit, peft, and the paper's "top-k%").
+    ``floor``: ``int(k·d)`` (peft, and the paper's "top-k%").
+    ``at_least_one``: ``max(1, int(k·d))`` for a non-empty tensor (mergekit's magnitude sparsify).
     ``original``: ``int(k·d) + 1``, what the original code's ``kthvalue(d − int(d·k))`` keeps when
     values are distinct (it fails at k = 1; here that keeps everything).
     """
     K = int(k * d)  # the same expression as every implementation, float rounding included
     if rule == "original":
         K += 1
+    elif rule == "at_least_one":
+        K = max(1, K) if d > 0 and k > 0 else K
     elif rule != "floor":
         raise ValueError(rule)
     return min(max(K, 0), d)
