@@ -1,11 +1,15 @@
 """Merge benchmark: wall time and peak RSS of tiesnb's merges against two baselines.
 
-    python benchmarks/merge_bench.py --size-mb 300 --models 7          # the README's numbers
-    python benchmarks/merge_bench.py --size-mb 50 --models 3 --repeats 1   # a quick look
+    python benchmarks/merge_bench.py --size-mb 1000 --models 7                   # fp32, the README's numbers
+    python benchmarks/merge_bench.py --size-mb 1000 --models 7 --dtype bfloat16  # bf16
+    python benchmarks/merge_bench.py --size-mb 50 --models 3 --repeats 1         # a quick look
 
-Generates synthetic fp32 checkpoints in a Llama-like layout (untied embeddings; fine-tuned =
-base + heavy-tailed deltas whose scale differs by tensor, signs conflicting between models),
-warms the page cache, then runs each configuration as its own process and measures the whole
+Generates synthetic checkpoints in a Llama-like layout (untied embeddings), ``--size-mb`` each in
+their dtype. fp32: fine-tuned = base + heavy-tailed deltas whose scale differs by tensor, signs
+conflicting between models. bf16 / fp16: base weights of std 0.02 stored in that dtype,
+fine-tuned = base + Gaussian deltas of std 2e-4, rounded to the dtype — the coarsely quantized
+task vectors of real half-precision checkpoints, whose magnitudes take few distinct values.
+Warms the page cache, then runs each configuration as its own process and measures the whole
 process: wall time and peak RSS (``wait4``). Baselines, in the same run:
 
 * **floor**: read every input tensor once with the official safetensors library and sum it;
@@ -36,13 +40,17 @@ ROOT = Path(__file__).resolve().parents[1]
 # synthetic checkpoints
 
 
-def layout(size_mb: float) -> dict[str, tuple[int, ...]]:
-    """A Llama-like state dict of about ``size_mb`` MB of float32."""
+ITEMSIZE = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+def layout(size_mb: float, itemsize: int = 4) -> dict[str, tuple[int, ...]]:
+    """A Llama-like state dict of about ``size_mb`` MB of ``itemsize``-byte numbers."""
     h, inter = 512, 1376
-    vocab = int(min(32000, 0.2 * size_mb * 1e6 / 4 / h))  # embeddings ≈ 40 % of the model, as in small LMs
+    numel = size_mb * 1e6 / itemsize
+    vocab = int(min(32000, 0.2 * numel / h))  # embeddings ≈ 40 % of the model, as in small LMs
     shapes = {"model.embed_tokens.weight": (vocab, h), "lm_head.weight": (vocab, h), "model.norm.weight": (h,)}
     per_layer = 4 * h * h + 3 * h * inter + 2 * h
-    budget = size_mb * 1e6 / 4 - sum(int.__mul__(*s) if len(s) == 2 else s[0] for s in shapes.values())
+    budget = numel - sum(int.__mul__(*s) if len(s) == 2 else s[0] for s in shapes.values())
     layers = max(1, round(budget / per_layer))
     for i in range(layers):
         p = f"model.layers.{i}."
@@ -56,11 +64,11 @@ def layout(size_mb: float) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def generate(work: Path, size_mb: float, n: int, seed: int = 0) -> tuple[Path, list[Path]]:
+def generate(work: Path, size_mb: float, n: int, seed: int = 0, dtype: str = "float32") -> tuple[Path, list[Path]]:
     import torch
     from safetensors.torch import save_file
 
-    stamp = work / f"synthetic-{size_mb}MB-{n}-{seed}.json"
+    stamp = work / f"synthetic-{size_mb}MB-{n}-{seed}-{dtype}.json"
     base_path = work / "base.safetensors"
     paths = [work / f"ft{i}.safetensors" for i in range(n)]
     if stamp.exists() and base_path.exists() and all(p.exists() for p in paths):
@@ -68,18 +76,24 @@ def generate(work: Path, size_mb: float, n: int, seed: int = 0) -> tuple[Path, l
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     g = torch.Generator().manual_seed(seed)
-    shapes = layout(size_mb)
-    base = {k: torch.randn(s, generator=g) * 0.02 for k, s in shapes.items()}
+    half = dtype != "float32"
+    torch_dtype = getattr(torch, dtype)
+    shapes = layout(size_mb, ITEMSIZE[dtype])
+    base = {k: (torch.randn(s, generator=g) * 0.02).to(torch_dtype) for k, s in shapes.items()}
     save_file(base, str(base_path))
     for i, p in enumerate(paths):
         ft = {}
         for k, v in base.items():
+            if half:  # small Gaussian deltas, rounded to the dtype: few distinct magnitudes
+                ft[k] = (v.float() + 2e-4 * torch.randn(v.shape, generator=g)).to(torch_dtype)
+                continue
             scale = 10 ** (-4 + torch.rand((), generator=g).item())  # 1e-4 … 1e-3, differs by tensor
             heavy = torch.randn(v.shape, generator=g) * torch.exp(0.7 * torch.randn(v.shape, generator=g))
             ft[k] = v + scale * heavy
         save_file(ft, str(p))
+        del ft
         print(f"  wrote {p.name}", file=sys.stderr)
-    stamp.write_text(json.dumps({"size_mb": size_mb, "n": n, "seed": seed}))
+    stamp.write_text(json.dumps({"size_mb": size_mb, "n": n, "seed": seed, "dtype": dtype}))
     return base_path, paths
 
 
@@ -136,6 +150,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "_work", help="scratch folder")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "performance.md")
     ap.add_argument("--no-original", action="store_true", help="skip the in-memory original")
+    ap.add_argument("--dtype", choices=list(ITEMSIZE), default="float32", help="dtype of the checkpoints")
     ap.add_argument("--child", choices=["floor", "original", "generate"], help=argparse.SUPPRESS)
     ap.add_argument("--base", help=argparse.SUPPRESS)
     ap.add_argument("--inputs", nargs="*", help=argparse.SUPPRESS)
@@ -146,16 +161,17 @@ def main() -> None:
     if args.child == "original":
         return child_original(args.base, args.inputs, args.dest)
     if args.child == "generate":
-        return generate(Path(args.dest), args.size_mb, args.models) and None
+        return generate(Path(args.dest), args.size_mb, args.models, dtype=args.dtype) and None
 
     import yaml
 
-    work = args.work / f"{args.size_mb:g}MB-x{args.models}"
+    tag = f"{args.size_mb:g}MB-x{args.models}" + ("" if args.dtype == "float32" else f"-{args.dtype}")
+    work = args.work / tag
     print(f"generating {args.models} + 1 checkpoints of ~{args.size_mb:g} MB in {work} …", file=sys.stderr)
     # generated in a child: a forked process inherits its parent's peak RSS on Linux, so the
     # measuring parent must stay small (it never imports torch before the measurements)
     subprocess.run([sys.executable, __file__, "--child", "generate", "--dest", str(work),
-                    "--size-mb", str(args.size_mb), "--models", str(args.models)], check=True)
+                    "--size-mb", str(args.size_mb), "--models", str(args.models), "--dtype", args.dtype], check=True)
     base, models = work / "base.safetensors", [work / f"ft{i}.safetensors" for i in range(args.models)]
     for p in [base, *models]:  # warm the page cache: every configuration reads from memory
         with open(p, "rb") as f:
@@ -178,7 +194,7 @@ def main() -> None:
         cfg.write_text(yaml.safe_dump({"method": method, "base": str(base), "models": [str(m) for m in models], "params": params}))
         cmd = [py, "-m", "tiesnb.cli", "merge", str(cfg), "--out", str(work / "out"), "--force", "--quiet"]
         commands[label] = cmd + ([] if "SHA" in label else ["--no-checksums"])
-    need = 8 * (args.models + 1) * size  # the original's n×d copies, see ties-spec.md
+    need = 8 * (args.models + 1) * size * 4 // ITEMSIZE[args.dtype]  # the original's fp32 n×d copies, see ties-spec.md
     avail = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
     if args.no_original:
         skipped = "skipped (--no-original)"
@@ -209,18 +225,21 @@ def main() -> None:
     if skipped:
         lines.append(f"| in-memory original algorithm (global trim) | {skipped} | | | |")
     table = "\n".join(lines)
-    cmdline = f"python benchmarks/merge_bench.py --size-mb {args.size_mb:g} --models {args.models} --repeats {args.repeats}"
+    cmdline = (f"python benchmarks/merge_bench.py --size-mb {args.size_mb:g} --models {args.models} --repeats {args.repeats}"
+               + ("" if args.dtype == "float32" else f" --dtype {args.dtype}"))
     import torch
 
     machine = (f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), "
                f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.1f} GiB RAM, "
                f"torch {torch.__version__} ({torch.get_num_threads()} threads), Python {platform.python_version()}")
-    section = (f"## {args.models} fine-tuned checkpoints + base, {size / 1e6:.0f} MB each (fp32)\n\n"
+    kind = {"float32": "fp32", "bfloat16": "bf16, deltas of std 2e-4 rounded to bf16",
+            "float16": "fp16, deltas of std 2e-4 rounded to fp16"}[args.dtype]
+    section = (f"## {args.models} fine-tuned checkpoints + base, {size / 1e6:.0f} MB each ({kind})\n\n"
                f"`{cmdline}` — {time.strftime('%Y-%m-%d')}, {machine}.\n"
                f"Whole-process wall time (median of {args.repeats}; Python and torch start-up included, "
                f"≈ 1.5 s) and peak RSS; page cache warm. One checkpoint = {size / 2**20:.0f} MiB.\n\n{table}\n")
     print(section)
-    update_doc(args.out, f"{args.size_mb:g}MB-x{args.models}", section)
+    update_doc(args.out, tag, section)
 
 
 HEADER = """# Merge performance

@@ -78,6 +78,11 @@ class TaskArithmetic:
 # cut is found from them alone; the set-aside columns are then merged and written over their
 # provisional values. The result is the same, bit for bit, as with the second pass (tested).
 DEFER = True
+# The set-aside columns get a memory budget. Coarsely quantized deltas (bf16 checkpoints: fp32
+# differences of bf16 weights take few distinct values) can put most of the model in the undecided
+# bin; past the budget the exact cut is found by a second histogram pass over that bin instead,
+# which costs a read of the inputs but no memory.
+SET_ASIDE_BYTES = 256 << 20
 # The statistics passes read big chunks (one histogram call per model and chunk); the merge pass,
 # a dozen elementwise operations over (n, C), runs far faster when (n, C) stays in the CPU cache.
 MERGE_CHUNK = None  # None: the job's chunk
@@ -89,10 +94,20 @@ class _Scope:
     the given sign) of each. Storage is allocated once: a set-aside column holds an entry of some
     model's undecided bin, so there are at most as many as those bins hold."""
 
+    @staticmethod
+    def capacity(sel: list[TopK]) -> int:
+        """Columns the scope may set aside: the entries of every model's undecided bin."""
+        return sum(int(s.hist[s.bin]) for s in sel if s.stage == 2)
+
+    @staticmethod
+    def nbytes(sel: list[TopK], job: MergeJob, with_signs: bool) -> int:
+        """Memory the scope would take: per column n values, the base value, the position (and the sign)."""
+        return _Scope.capacity(sel) * (4 * job.n + 4 + 8 + (4 if with_signs else 0))
+
     def __init__(self, sel: list[TopK], job: MergeJob, with_signs: bool):
         self.sel = sel
         self.complete = False  # every column of the scope has been through the merge pass
-        cap = sum(int(s.hist[s.bin]) for s in sel if s.stage == 2)
+        cap = self.capacity(sel)
         self.vals = torch.empty(job.n, cap, device=job.device)
         self.base = torch.empty(cap, device=job.device)
         self.pos = torch.empty(cap, dtype=torch.int64)
@@ -161,7 +176,7 @@ class _Trimmer:
             self.job.hold(name)  # statistics and merge of this tensor then read the files once
             sel = self.impl.select(self.job, self.p, [name], None)
             if any(s.stage == 2 for row in sel for s in row):
-                if self.defer and self.impl.can_defer(self.p, sel):
+                if self.defer and self.impl.can_defer(self.p, sel, self.job):
                     scope = _Scope([row[0] for row in sel], self.job, self.p.get("signs") is not None)
                     self.set_cuts(None, scope)
                     return
@@ -261,9 +276,12 @@ class SparseMerge:
         self._pass(job, sel, names, desc and f"{desc}, pass 2", 2)
 
     @staticmethod
-    def can_defer(p: dict, sel: list[list[TopK]]) -> bool:
-        # bin 0 holds the zeros, which the set-aside test cannot see: take the second pass then
-        return p["sparsify"] == "magnitude" and all(s.stage != 2 or s.bin > 0 for row in sel for s in row)
+    def can_defer(p: dict, sel: list[list[TopK]], job: MergeJob | None = None) -> bool:
+        # bin 0 holds the zeros, which the set-aside test cannot see: take the second pass then;
+        # and past the memory budget (see SET_ASIDE_BYTES)
+        if p["sparsify"] != "magnitude" or any(s.stage == 2 and s.bin == 0 for row in sel for s in row):
+            return False
+        return job is None or _Scope.nbytes([row[0] for row in sel], job, p.get("signs") is not None) <= SET_ASIDE_BYTES
 
     def prepare(self, job: MergeJob, p: dict) -> SparseState:
         if p["elect"] == "none" and p["disjoint"] == "max":
@@ -291,7 +309,7 @@ class SparseMerge:
         if p["sparsify"] in ("magnitude", "band") and p["trim"] == "global":
             sel = self.select(job, p, job.merged, "trim thresholds")
             if any(s.stage == 2 for row in sel for s in row):
-                if defer_ok and self.can_defer(p, sel):
+                if defer_ok and self.can_defer(p, sel, job):
                     scope = _Scope([row[0] for row in sel], job, signs is not None)
                 else:
                     self.second_pass(job, sel, job.merged, "trim thresholds")
