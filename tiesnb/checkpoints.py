@@ -430,6 +430,8 @@ class SafetensorsWriter:
                 j = int(torch.searchsorted(positions, lo + window))
                 hi = int(positions[j - 1]) + 1
                 buf = bytearray(os.pread(fd, (hi - lo) * item, offset + lo * item))
+                if len(buf) < (hi - lo) * item:
+                    raise TiesnbError(f"{self.folder / self.shard_files[shard]} ended while patching '{name}'")
                 view = torch.frombuffer(buf, dtype=torch.uint8).view(spec.dtype)
                 view[positions[i:j] - lo] = data[i:j]
                 os.pwrite(fd, buf, offset + lo * item)
