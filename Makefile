@@ -9,6 +9,10 @@ BIN    := $(VENV)/bin
 TIESNB := $(BIN)/tiesnb
 STAMP  := $(VENV)/.tiesnb-installed
 STUDY  ?= default
+# notebook runs at a time, and torch threads for each: every core busy, none oversubscribed (two
+# single-threaded runs on 2 cores do ~30 % more work than one run on both)
+JOBS   ?= 2
+THREADS := $(shell n=$$(( $$(nproc) / $(JOBS) )); [ $$n -ge 1 ] && echo $$n || echo 1)
 P      := params/$(STUDY)
 # a study may start from another (`inherit: default` in its study.yaml): the parameter files it
 # lacks come from that one
@@ -21,7 +25,7 @@ TRAIN  := $(patsubst %.yaml,$(STAMPS)/%.json,$(sort $(notdir $(wildcard $(P)/tra
 SETTINGS := $(P)/study.yaml $(PB)/study.yaml
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data test study notebooks probe train evaluate merge_sweep interference ablations steps \
+.PHONY: help setup data test study notebooks probe train evaluate merge_sweep interference ablations num_tasks steps \
         lab report bench clean-study clean-venv
 
 help:  ## list the targets
@@ -52,16 +56,17 @@ test: setup  ## set up, then run the tests
 
 # ---------------------------------------------------------------------------------------------
 # the study: one stamp per notebook run; a run is redone when its notebook, its parameters, the
-# study's settings, the package or an upstream run changed. Each run uses every core (torch's
-# threads), so run them one at a time: `make -j2` would only make two runs fight for the cores.
+# study's settings, the package or an upstream run changed. `make study` runs JOBS of them at a
+# time, each with nproc / JOBS torch threads (TIESNB_THREADS); the output lines carry each run's name.
 
 study: setup  ## set up, then run the study (STUDY=default) and write figures/ and tables
 	@start=$$(date +%s); \
 	$(TIESNB) data fetch --study $(STUDY) && \
-	$(MAKE) --no-print-directory notebooks STUDY=$(STUDY) && \
+	TIESNB_THREADS=$${TIESNB_THREADS:-$(THREADS)} $(MAKE) --no-print-directory -j$(JOBS) notebooks STUDY=$(STUDY) && \
 	echo "study $(STUDY): up to date, $$(( $$(date +%s) - start )) s"
 
-notebooks: $(STAMPS)/evaluate.json $(STAMPS)/merge_sweep.json $(STAMPS)/interference.json $(STAMPS)/ablations.json
+notebooks: $(STAMPS)/evaluate.json $(STAMPS)/merge_sweep.json $(STAMPS)/interference.json $(STAMPS)/ablations.json \
+           $(STAMPS)/num_tasks.json
 
 .SECONDEXPANSION:
 $(STAMPS)/probe.json: notebooks/probe.py $$(call pfile,probe) $(SETTINGS) $(SRC) | $(STAMP)
@@ -70,7 +75,7 @@ $(STAMPS)/probe.json: notebooks/probe.py $$(call pfile,probe) $(SETTINGS) $(SRC)
 $(STAMPS)/train-%.json: notebooks/train.py $$(call pfile,train-$$*) $(SETTINGS) $(STAMPS)/probe.json $(SRC)
 	$(TIESNB) run train --study $(STUDY) --params $(call pfile,train-$*)
 
-$(STAMPS)/evaluate.json $(STAMPS)/merge_sweep.json $(STAMPS)/interference.json: $(STAMPS)/%.json: notebooks/%.py $$(call pfile,$$*) $(SETTINGS) $(TRAIN) $(SRC)
+$(STAMPS)/evaluate.json $(STAMPS)/merge_sweep.json $(STAMPS)/interference.json $(STAMPS)/num_tasks.json: $(STAMPS)/%.json: notebooks/%.py $$(call pfile,$$*) $(SETTINGS) $(TRAIN) $(SRC)
 	$(TIESNB) run $* --study $(STUDY)
 
 $(STAMPS)/ablations.json: notebooks/ablations.py $$(call pfile,ablations) $(SETTINGS) $(STAMPS)/merge_sweep.json $(SRC)
@@ -78,9 +83,9 @@ $(STAMPS)/ablations.json: notebooks/ablations.py $$(call pfile,ablations) $(SETT
 
 probe: $(STAMPS)/probe.json  ## one step: fit the heads
 train: $(TRAIN)  ## one step: train every task model and the multitask model
-evaluate merge_sweep interference ablations: %: $(STAMPS)/%.json
-steps:  ## one step at a time: make probe | train | evaluate | merge_sweep | interference | ablations
-	@echo "make probe | train | evaluate | merge_sweep | interference | ablations  (STUDY=$(STUDY))"
+evaluate merge_sweep interference ablations num_tasks: %: $(STAMPS)/%.json
+steps:  ## one step at a time: make probe | train | evaluate | merge_sweep | interference | ablations | num_tasks
+	@echo "make probe | train | evaluate | merge_sweep | interference | ablations | num_tasks  (STUDY=$(STUDY))"
 
 fig-%:  ## one figure or table and what it needs, e.g. make fig-table1, make fig-sign_conflicts
 	@nb=$$($(BIN)/python -m tiesnb.pipeline owner $*) && $(MAKE) --no-print-directory $$nb STUDY=$(STUDY)

@@ -11,7 +11,7 @@
 # ---
 
 # %% [markdown]
-# # Ablations, the oracle sign, and the number of tasks
+# # Ablations and the oracle sign
 #
 # * **Ablation** — as the paper's: built on *tuned* TIES (each seed's k and λ chosen on
 #   validation by `merge_sweep`), then one step removed at a time, each variant with its λ chosen
@@ -22,38 +22,26 @@
 #   each row's difference from TIES with its 95 % interval.
 # * **Oracle sign** — tuned TIES with the sign vector of the multitask model's task vector
 #   instead of the elected one (λ chosen again): how much a better sign would buy.
-# * **Number of tasks** — normalized accuracy (per task: merged / that task's fine-tuned model
-#   of the same seed, averaged over the subset's tasks, as the paper) of averaging, task
-#   arithmetic and TIES at the paper's no-validation defaults, against the number of tasks
-#   merged: every subset of a size when there are at most `subsets_per_size`, a seeded sample of
-#   that many otherwise; on test, for every seed.
 #
-# Writes `ablations` (table) and `num_tasks` (figure, with its data).
+# Writes `ablations` (table) and the per-example predictions of its test rows.
 
 # %% tags=["parameters"]
 study: str = "default"  # which study: params/<study>/study.yaml
 select_split: str = "val"  # split λ is chosen on
 report_split: str = "test"  # split the ablation table reports
-lams: list[float] = [0.6, 0.8, 1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0]  # λ grid of the variants (× n for "without disjoint mean")
-subsets_per_size: int = 8  # task subsets per number of tasks (all of them when there are no more)
-subset_split: str = "test"  # split of the number-of-tasks experiment
-ta_lam: float = 0.4  # task arithmetic λ in the number-of-tasks experiment (paper default)
-ties_k: float = 0.2  # TIES k in the number-of-tasks experiment (paper default)
-ties_lam: float = 1.0  # TIES λ in the number-of-tasks experiment (paper default)
-seed: int = 0  # seed of the subset sample
+lams: list[float] = [0.8, 1.0, 1.4, 2.0, 2.8, 4.0]  # λ grid of the variants (× n for "without disjoint mean")
 
 # %%
 import json
 
 import pandas as pd
 
-from tiesnb import analysis, paper, plots, progress, tables
+from tiesnb import analysis, paper, progress, tables
 from tiesnb.errors import TiesnbError
 from tiesnb.study import MULTITASK, Study
 
 S = Study.load(study)
-params = {k_: globals()[k_] for k_ in ["study", "select_split", "report_split", "lams", "subsets_per_size",
-                                      "subset_split", "ta_lam", "ties_k", "ties_lam", "seed"]}
+params = {k_: globals()[k_] for k_ in ["study", "select_split", "report_split", "lams"]}
 choices_file = S.results_path("choices.json")
 if not choices_file.exists():
     raise TiesnbError(f"{choices_file} is missing: run `make merge_sweep STUDY={study}` first (the ablation builds on tuned TIES)")
@@ -111,7 +99,7 @@ test_part = abl[abl.split == report_split]
 val_part = abl[abl.split == select_split]
 table = tables.summary(test_part, order, S.tasks, S.seeds, settings={m: chosen_text(m) for m in order})
 valsum = tables.summary(val_part, order, S.tasks, S.seeds)
-table.insert(2, f"average ({select_split})", valsum["average"].values)
+table[f"average ({select_split})"] = valsum["average"].values
 diff = tables.compare(test_part, [(m, m, TIES) for m in order[1:]], S.tasks, S.seeds)
 table["vs TIES"] = [None] + list(diff.difference)
 table["vs TIES lo"] = [None] + list(diff.lo)
@@ -123,8 +111,9 @@ table[f"paper IA3 ({select_split})"] = [paper.ablation(m, "IA3") for m in table.
 table["paper IA3 oracle vs TIES (Table 1)"] = [paper.ORACLE.get(m) for m in table.method]
 
 md = table.copy()
-md["vs TIES [95% CI]"] = ["" if pd.isna(d) else f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}]"
-                          for d, lo, hi in zip(table["vs TIES"], table["vs TIES lo"], table["vs TIES hi"])]
+at = list(md.columns).index("verdict")
+md.insert(at, "vs TIES [95% CI]", ["" if pd.isna(d) else f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}]"
+                                   for d, lo, hi in zip(table["vs TIES"], table["vs TIES lo"], table["vs TIES hi"])])
 md = md.drop(columns=["vs TIES", "vs TIES lo", "vs TIES hi"])
 caption = (f"TIES without each step, and with the multitask model's signs: {report_split} accuracy (%), mean over "
            f"{len(S.seeds)} seeds, average with its 95 % interval; the {select_split} average beside it; each row's "
@@ -134,35 +123,3 @@ caption = (f"TIES without each step, and with the multitask model's signs: {repo
 S.save_table(table, "ablations", "ablations", params, caption=caption, markdown=tables.markdown(md))
 S.save_data(tables.predictions(test_part, "ablations"), "predictions/ablations")
 table.round(1)
-
-# %% [markdown]
-# ## Number of tasks
-
-# %%
-methods = [("average", "averaging", {}), ("task_arithmetic", "task arithmetic", {"lam": ta_lam}),
-           ("ties", "TIES", {"k": ties_k, "lam": ties_lam})]
-combos = {size: analysis.subsets(S.tasks, size, subsets_per_size, seed) for size in range(2, n + 1)}
-nt_rows = []
-for Ss in S.each_seed():
-    reference = {(Ss.seed, r["task"]): r["accuracy"]
-                 for t in S.tasks for r in Ss.evaluate_checkpoint(t, [t], subset_split, "fine-tuned")}
-    todo = [(size, c) for size in combos for c in combos[size]]
-    for size, combo in progress.bar(todo, desc=f"number of tasks (seed {Ss.seed})"):
-        for method, label, hp in methods:
-            r = Ss.evaluate_merge(method, subset_split, tasks=list(combo), label=label, **hp)
-            nt_rows += [dict(x, subset="+".join(combo), normalized=x["accuracy"] / reference[(Ss.seed, x["task"])])
-                        for x in r]
-nt = pd.DataFrame(nt_rows).drop(columns=["pred", "correct"])
-nt["normalized"] *= 100
-per_subset = nt.groupby(["method", "n_models", "subset", "seed"], sort=False)["normalized"].mean().reset_index()
-per_seed = per_subset.groupby(["method", "n_models", "seed"], sort=False)["normalized"].mean().reset_index()
-
-fig, ax = plots.figure(height=2.5)
-for label in ["averaging", "task arithmetic", "TIES"]:
-    plots.seed_band(ax, per_seed[per_seed.method == label], "n_models", "normalized",
-                    color=plots.METHOD_COLORS[label if label != "averaging" else "average"], label=label)
-ax.set(xlabel="number of tasks merged", ylabel="normalized accuracy (%)",
-       title=f"Merging more tasks ({subset_split}; mean over subsets and {len(S.seeds)} seeds)")
-plots.legend_outside(ax)
-S.save_figure(fig, "num_tasks", "ablations", params, data=per_subset)
-per_seed.groupby(["method", "n_models"], sort=False)["normalized"].agg(["mean", "min", "max"]).unstack(0).round(1)

@@ -47,7 +47,7 @@ def test_a_study_can_inherit_another(tmp_path, monkeypatch):
     assert quick.figures_dir != default.figures_dir  # never over the committed figures
     assert params_file("quick", "merge_sweep") == paths.PARAMS / "quick" / "merge_sweep.yaml"
     assert params_file("quick", "train-fever") == paths.PARAMS / "default" / "train-fever.yaml"
-    frozen = Study.load("ab-frozen")
+    frozen = Study.load("ab-frozen")  # the embeddings A/B
     assert frozen.config.train_embeddings is False and default.config.train_embeddings is True
     monkeypatch.setattr(paths, "PARAMS", tmp_path)
     (tmp_path / "a").mkdir()
@@ -116,7 +116,7 @@ def smoke_run(tmp_path_factory):
     runs = tmp_path_factory.mktemp("runs")
     env = {**os.environ, "TIESNB_RUNS": str(runs), "PYTHONWARNINGS": "ignore"}
     order = ["probe", "train-bbc_news", "train-rotten_tomatoes", "train-multitask", "evaluate", "merge_sweep",
-             "interference", "ablations"]
+             "interference", "ablations", "num_tasks"]
     for run in order:
         nb = run.split("-")[0]
         r = subprocess.run([sys.executable, "-m", "tiesnb.cli", "run", nb, "--study", "smoke", "--quiet",
@@ -127,7 +127,7 @@ def smoke_run(tmp_path_factory):
 
 
 def test_every_notebook_ran_and_recorded_its_parameters(smoke_run):
-    for run in ["probe", "train-bbc_news", "evaluate", "merge_sweep", "interference", "ablations"]:
+    for run in ["probe", "train-bbc_news", "evaluate", "merge_sweep", "interference", "ablations", "num_tasks"]:
         stamp = json.loads((smoke_run / "stamps" / f"{run}.json").read_text())
         assert stamp["parameters"]["study"] == "smoke"
         assert (smoke_run / "notebooks" / f"{run}.ipynb").exists()

@@ -161,7 +161,8 @@ def _study(root, name, mode, tasks, model_path, data_dir):
 
 
 @pytest.mark.parametrize("mode, tasks, notebooks", [
-    ("full", ["paws", "qasc", "wiki_qa"], ["probe", "train", "evaluate", "merge_sweep", "interference", "ablations"]),
+    ("full", ["paws", "qasc", "wiki_qa"], ["probe", "train", "evaluate", "merge_sweep", "interference", "ablations",
+                                           "num_tasks"]),
     ("ia3", ["rte", "copa"], ["probe", "train", "evaluate", "merge_sweep"]),
 ])
 def test_paper_path_end_to_end_on_a_tiny_t5(fixtures, tmp_path, mode, tasks, notebooks):

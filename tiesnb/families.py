@@ -12,6 +12,12 @@ import torch
 from .errors import TiesnbError
 
 
+def threads_setting(configured: int) -> int:
+    from .study import threads_setting as resolve
+
+    return resolve(configured)
+
+
 class MiniLM:
     """MiniLM-L6 from its offline package, one fixed linear head per task."""
 
@@ -44,7 +50,8 @@ class MiniLM:
         c = study.config
         return TrainConfig(tasks=tasks, mode=c.mode, batch_size=c.batch_size, lr=c.lr, weight_decay=c.weight_decay,
                            warmup=c.warmup, max_len=c.max_len, train_embeddings=c.train_embeddings,
-                           sparse_embeddings=c.sparse_embeddings, seed=study.seed, autocast=c.autocast, threads=c.threads)
+                           sparse_embeddings=c.sparse_embeddings, seed=study.seed, autocast=c.autocast,
+                           threads=threads_setting(c.threads))
 
     def trainer(self):
         from .train import finetune
@@ -109,7 +116,8 @@ class Seq2Seq:
 
         c = study.config
         return Seq2SeqTrainConfig(tasks=tasks, mode=c.mode, batch_size=c.batch_size, lr=c.lr, weight_decay=c.weight_decay,
-                                  warmup=c.warmup, max_len=c.max_len, seed=study.seed, autocast=c.autocast, threads=c.threads,
+                                  warmup=c.warmup, max_len=c.max_len, seed=study.seed, autocast=c.autocast,
+                                  threads=threads_setting(c.threads),
                                   model_path=c.model_path, max_target_len=c.max_target_len)
 
     def trainer(self):

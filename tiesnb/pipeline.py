@@ -32,14 +32,15 @@ from .progress import Relay
 
 # The study's notebooks in the order they run, and the figures and tables each one writes
 # (each output is written by exactly one notebook, under a fixed name).
-NOTEBOOKS = ["probe", "train", "evaluate", "merge_sweep", "interference", "ablations"]
+NOTEBOOKS = ["probe", "train", "evaluate", "merge_sweep", "interference", "ablations", "num_tasks"]
 OUTPUTS = {
     "probe": [],
     "train": [],
     "evaluate": ["individual", "cross_task"],
     "merge_sweep": ["table1", "merge_sweep", "comparisons", "sensitivity"],
     "interference": ["redundancy", "sign_conflicts", "magnitudes"],
-    "ablations": ["ablations", "num_tasks"],
+    "ablations": ["ablations"],
+    "num_tasks": ["num_tasks"],
 }
 
 # the outputs that are tables (CSV + Markdown); the others are figures (PNG + PDF + CSV)

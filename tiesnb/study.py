@@ -112,6 +112,23 @@ def _decode_digits(raw: str | list, dtype) -> np.ndarray:
     return np.asarray(raw, dtype=dtype)
 
 
+def threads_setting(configured: int) -> int:
+    """Torch threads: ``TIESNB_THREADS`` when set (``make study`` sets it to share the cores
+    between the runs it starts at once), else the study's ``threads`` (0: torch's default)."""
+    import os
+
+    value = os.environ.get("TIESNB_THREADS", "")
+    if value.strip():
+        try:
+            n = int(value)
+        except ValueError:
+            raise TiesnbError(f"TIESNB_THREADS must be a whole number, got {value!r}") from None
+        if n < 0:
+            raise TiesnbError(f"TIESNB_THREADS must be 0 (torch's default) or more, got {n}")
+        return n
+    return configured
+
+
 def study_settings(name: str) -> dict:
     """``params/<name>/study.yaml``, on top of the study it names in ``inherit`` (one level)."""
     path = paths.PARAMS / name / "study.yaml"
@@ -168,8 +185,9 @@ class Study:
         self._states: dict[str, dict] = {}
         self._tau: dict[str, dict] = {}  # merged task vectors of the last setting, reused across λ
         self._tv: dict[str, Any] = {}
-        if c.threads > 0:
-            torch.set_num_threads(c.threads)
+        threads = threads_setting(c.threads)
+        if threads > 0:
+            torch.set_num_threads(threads)
 
     @classmethod
     def load(cls, name: str) -> "Study":

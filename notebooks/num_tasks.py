@@ -1,0 +1,70 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # The number of tasks merged
+#
+# Normalized accuracy (per task: merged / that task's fine-tuned model of the same seed,
+# averaged over the subset's tasks, as the paper) of averaging, task arithmetic and TIES at the
+# paper's no-validation defaults, against the number of tasks merged: every subset of a size
+# when there are at most `subsets_per_size`, a seeded sample of that many otherwise — the same
+# subsets for every seed. On test (`test[:n]`: its first n examples of each task).
+#
+# Writes `num_tasks` (figure, with its data: every subset, seed and method).
+
+# %% tags=["parameters"]
+study: str = "default"  # which study: params/<study>/study.yaml
+subsets_per_size: int = 8  # task subsets per number of tasks (all of them when there are no more)
+split: str = "test"  # split of the experiment (test, or test[:n] for its first n examples per task)
+ta_lam: float = 0.4  # task arithmetic λ (paper default without validation)
+ties_k: float = 0.2  # TIES k (paper default without validation)
+ties_lam: float = 1.0  # TIES λ (paper default without validation)
+seed: int = 0  # seed of the subset sample
+
+# %%
+import pandas as pd
+
+from tiesnb import analysis, plots, progress
+from tiesnb.study import Study
+
+S = Study.load(study)
+params = {k_: globals()[k_] for k_ in ["study", "subsets_per_size", "split", "ta_lam", "ties_k", "ties_lam", "seed"]}
+n = len(S.tasks)
+
+# %%
+methods = [("average", "averaging", {}), ("task_arithmetic", "task arithmetic", {"lam": ta_lam}),
+           ("ties", "TIES", {"k": ties_k, "lam": ties_lam})]
+combos = {size: analysis.subsets(S.tasks, size, subsets_per_size, seed) for size in range(2, n + 1)}
+nt_rows = []
+for Ss in S.each_seed():
+    reference = {(Ss.seed, r["task"]): r["accuracy"]
+                 for t in S.tasks for r in Ss.evaluate_checkpoint(t, [t], split, "fine-tuned")}
+    todo = [(size, c) for size in combos for c in combos[size]]
+    for size, combo in progress.bar(todo, desc=f"number of tasks (seed {Ss.seed})"):
+        for method, label, hp in methods:
+            r = Ss.evaluate_merge(method, split, tasks=list(combo), label=label, **hp)
+            nt_rows += [dict(x, subset="+".join(combo), normalized=x["accuracy"] / reference[(Ss.seed, x["task"])])
+                        for x in r]
+nt = pd.DataFrame(nt_rows).drop(columns=["pred", "correct"])
+nt["normalized"] *= 100
+per_subset = nt.groupby(["method", "n_models", "subset", "seed"], sort=False)["normalized"].mean().reset_index()
+per_seed = per_subset.groupby(["method", "n_models", "seed"], sort=False)["normalized"].mean().reset_index()
+
+fig, ax = plots.figure(height=2.5)
+for label in ["averaging", "task arithmetic", "TIES"]:
+    plots.seed_band(ax, per_seed[per_seed.method == label], "n_models", "normalized",
+                    color=plots.METHOD_COLORS[label if label != "averaging" else "average"], label=label)
+ax.set(xlabel="number of tasks merged", ylabel="normalized accuracy (%)",
+       title=f"Merging more tasks ({split}; mean over subsets and {len(S.seeds)} seeds)")
+plots.legend_outside(ax)
+S.save_figure(fig, "num_tasks", "num_tasks", params, data=per_subset)
+per_seed.groupby(["method", "n_models"], sort=False)["normalized"].agg(["mean", "min", "max"]).unstack(0).round(1)
