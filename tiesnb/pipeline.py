@@ -144,7 +144,7 @@ def run(notebook: str, study: str, params_file: str | Path | None = None, run_na
                                            cwd=str(paths.ROOT), progress_bar=False, log_output=False,
                                            report_mode=False,
                                            # the kernel's own start-up warnings would interleave with the progress
-                                           extra_arguments=["--IPKernelApp.log_level=ERROR"])
+                                           extra_arguments=["--IPKernelApp.log_level=CRITICAL"])
             except papermill.PapermillExecutionError as e:
                 os.replace(tmp, failed)
                 raise TiesnbError(f"notebook {notebook} ({run_name}) failed in cell {e.exec_count}: {e.ename}: "
