@@ -416,14 +416,17 @@ def test_set_aside_columns_give_the_same_bits_as_a_second_pass(monkeypatch, para
 @pytest.mark.parametrize("trim", ["global", "per_tensor"])
 def test_coarse_bf16_deltas_stay_within_the_set_aside_budget_and_give_the_same_bits(monkeypatch, trim):
     """bf16 checkpoints: the fp32 differences of bf16 weights take few distinct values, so the
-    undecided bin can hold most entries. Past the budget the exact cut comes from a second pass
-    instead; the result is the same, bit for bit, and the set-aside store never exceeds it."""
+    undecided bin can hold most entries. When every input is bf16 the first pass notices that the
+    bin holds a single value and the cut is exact at once (nothing set aside, no second pass);
+    otherwise, past the budget, the exact cut comes from a second pass. Either way the result is
+    the same, bit for bit, and the set-aside store never exceeds the budget."""
     import tiesnb.merge.methods as M
 
     g = torch.Generator().manual_seed(3)
     base = {f"l{i}.w": (0.02 * torch.randn(64, 64, generator=g)).to(torch.bfloat16) for i in range(3)}
     models = [{k: (v.float() + 2e-4 * torch.randn(v.shape, generator=g)).to(torch.bfloat16) for k, v in base.items()}
               for _ in range(4)]
+    fp32_base = {k: v.float() for k, v in base.items()}  # the same deltas, but not "every input bf16"
     allocated = []
     real_init = M._Scope.__init__
 
@@ -432,15 +435,32 @@ def test_coarse_bf16_deltas_stay_within_the_set_aside_budget_and_give_the_same_b
         real_init(self, sel, job, with_signs)
 
     monkeypatch.setattr(M._Scope, "__init__", spy)
-    free = merge("ties", base, models, k=0.2, trim=trim, chunk=1000)
+    exact = merge("ties", base, models, k=0.2, trim=trim, chunk=1000)
+    assert not allocated  # the bins held one value each: exact after one pass
+    free = merge("ties", fp32_base, models, k=0.2, trim=trim, chunk=1000)
     per_column = 4 * 4 + 12  # n values, the base value, the position
     scope = 64 * 64 * (3 if trim == "global" else 1)  # entries the scope covers
     assert max(allocated) > 0.3 * scope * per_column  # unbounded: a large share of the scope set aside
     allocated.clear()
     budget = 4096
     monkeypatch.setattr(M, "SET_ASIDE_BYTES", budget)
-    bounded = merge("ties", base, models, k=0.2, trim=trim, chunk=1000)
+    bounded = merge("ties", fp32_base, models, k=0.2, trim=trim, chunk=1000)
     assert all(b <= budget for b in allocated)
     monkeypatch.setattr(M, "DEFER", False)
-    plain = merge("ties", base, models, k=0.2, trim=trim, chunk=1000)
-    assert all(torch.equal(bounded[n], plain[n]) and torch.equal(free[n], plain[n]) for n in base)
+    plain = merge("ties", fp32_base, models, k=0.2, trim=trim, chunk=1000)
+    for n in base:
+        assert torch.equal(bounded[n], plain[n]) and torch.equal(free[n], plain[n])
+        assert torch.equal(exact[n], plain[n].to(torch.bfloat16))
+
+
+def test_bf16_single_value_bins_match_the_sort_based_oracle():
+    # ties at the cut are everywhere in bf16 deltas: the index rule must hold exactly
+    g = torch.Generator().manual_seed(5)
+    base = {f"l{i}.w": (0.02 * torch.randn(32, 48, generator=g)).to(torch.bfloat16) for i in range(2)}
+    models = [{k: (v.float() + 2e-4 * torch.randn(v.shape, generator=g)).to(torch.bfloat16) for k, v in base.items()}
+              for _ in range(3)]
+    for trim in ("global", "per_tensor"):
+        out = merge("ties", base, models, k=0.2, trim=trim, chunk=100)
+        ref = ties_oracle({k: v.float() for k, v in base.items()}, [{k: v.float() for k, v in m.items()} for m in models],
+                          k=0.2, trim=trim)
+        assert all(torch.equal(out[n], ref[n].to(torch.bfloat16)) for n in base), trim

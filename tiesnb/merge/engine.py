@@ -115,6 +115,8 @@ class MergeJob:
         self._check_models()
         self.specs = {n: self.base.spec(n) for n in self.order}
         self.total = sum(self.specs[n].numel for n in self.merged)
+        # bf16 checkpoints: task vectors take few distinct values (see select.TopK's low_bits)
+        self.bf16_inputs = all(src.spec(n).dtype == torch.bfloat16 for src in [self.base, *self.models] for n in self.merged)
         self._verified: set[str] = set()
         self._held: tuple[str, torch.Tensor, torch.Tensor] | None = None
         self._scratch: dict[str, torch.Tensor] = {}

@@ -268,7 +268,8 @@ class SparseMerge:
         """Per model, the radix selection(s) of its top-K over ``names`` (all merged parameters
         for the global trim, one tensor for per-tensor), after the first histogram pass."""
         d = sum(job.specs[n].numel * job.multiplicity.get(n, 1) for n in names)
-        sel = [[TopK(c, p["ties"], device=job.device) for c in self.counts(p, d)] for _ in range(job.n)]
+        sel = [[TopK(c, p["ties"], device=job.device, low_bits=job.bf16_inputs) for c in self.counts(p, d)]
+               for _ in range(job.n)]
         self._pass(job, sel, names, desc and f"{desc}, pass 1", 1)
         return sel
 

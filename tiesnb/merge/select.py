@@ -85,22 +85,32 @@ class TopK:
     ``index`` keeps exactly K, breaking ties by flat position.
     """
 
-    def __init__(self, K: int, ties: str = "index", device=None):
+    def __init__(self, K: int, ties: str = "index", device=None, low_bits: bool = False):
         if ties not in ("index", "keep"):
             raise ValueError(ties)
         self.K, self.ties = K, ties
         self.total = 0
         self.stage = 1
         self.hist = torch.zeros(HI_BINS, dtype=torch.int64, device=device)
+        # with low_bits, pass 1 also counts per bin the entries whose low 16 bits are not all 0 (the
+        # ones above the bin's floor): for bf16 checkpoints, whose deltas are mostly bf16 numbers,
+        # the bin holding the cut is then mostly one value, and the cut is exact after one pass
+        self.nonzero_low = torch.zeros(HI_BINS, dtype=torch.int64, device=device) if low_bits else None
         self.bin = -1
         self._cut: Cut | None = None
 
     def add(self, a: torch.Tensor, times: int = 1) -> None:
         bits = a.reshape(-1).view(torch.int32)
         if self.stage == 1:
-            h = torch.bincount(bits >> 16, minlength=HI_BINS)
+            hi = bits >> 16
+            h = torch.bincount(hi, minlength=HI_BINS)
             self.hist += h if times == 1 else h * times
             self.total += bits.numel() * times
+            if self.nonzero_low is not None:
+                odd = hi[(bits & 0xFFFF) != 0]
+                if odd.numel():
+                    h = torch.bincount(odd, minlength=HI_BINS)
+                    self.nonzero_low += h if times == 1 else h * times
         elif self.stage == 2:
             low = bits[(bits >> 16) == self.bin] & 0xFFFF
             if low.numel():
@@ -121,6 +131,11 @@ class TopK:
                 self.bin = b
                 if self.greater + int(hist[b]) == K:  # the whole bin is kept: its floor is the cut
                     self._cut = Cut(float_of_bits(b << 16), True, 0, K)
+                elif self.nonzero_low is not None and K - self.greater > int(self.nonzero_low[b]):
+                    # the entries of the bin above its floor (low bits not 0) are fewer than the bin
+                    # must give: all of them are kept, and the cut is the floor value itself, exactly
+                    odd = int(self.nonzero_low[b])
+                    self._cut = self._cut_at(float_of_bits(b << 16), self.greater + odd, int(hist[b]) - odd)
                 else:
                     self.hist2 = torch.zeros(LO_BINS, dtype=torch.int64, device=self.hist.device)
                     self.stage = 2
@@ -131,16 +146,17 @@ class TopK:
             hist2 = self.hist2.cpu().numpy()
             v, greater_in_bin = _bin_of_rank(hist2, self.K - self.greater)
             greater = self.greater + greater_in_bin
-            equal = int(hist2[v])
-            value = float_of_bits((self.bin << 16) | v)
-            take = self.K - greater  # 1 <= take <= equal
-            if self.ties == "keep" or take == equal:
-                self._cut = Cut(value, True, 0, greater + equal)
-            else:
-                self._cut = Cut(value, False, take, self.K)
+            self._cut = self._cut_at(float_of_bits((self.bin << 16) | v), greater, int(hist2[v]))
             self.stage = 3
             return False
         return False
+
+    def _cut_at(self, value: float, greater: int, equal: int) -> Cut:
+        """The cut at ``value``, with ``greater`` entries above it and ``equal`` entries at it."""
+        take = self.K - greater  # 1 <= take <= equal
+        if self.ties == "keep" or take == equal:
+            return Cut(value, True, 0, greater + equal)
+        return Cut(value, False, take, self.K)
 
     def cut(self) -> Cut:
         if self._cut is None:
