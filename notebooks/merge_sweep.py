@@ -49,7 +49,7 @@ import json
 
 import pandas as pd
 
-from tiesnb import analysis, paper, plots, progress, tables
+from tiesnb import analysis, paper, plots, progress, stats, tables
 from tiesnb.io import write_json
 from tiesnb.study import MULTITASK, Study
 
@@ -117,10 +117,16 @@ wide = per_seed.set_index(["method", *knobs, "seed"])["accuracy"].unstack("seed"
 wide = wide.loc[per_seed.set_index(["method", *knobs]).index.unique()]  # the sweep's order
 wide.columns = [f"seed {s}" for s in wide.columns]
 wide["mean"] = wide.mean(axis=1)
+# each setting's interval (seeds and validation examples resampled; 2,000 draws: a sweep has many rows)
+intervals = []
+for key, part in sweep.groupby(["method", *knobs], dropna=False, sort=False):
+    iv = stats.accuracy(part, S.tasks, S.seeds, draws=2000).scaled(100)
+    intervals.append((iv.lo, iv.hi))
+wide["lo"], wide["hi"] = zip(*intervals)
 wide = wide.reset_index()
 S.save_table(wide, "merge_sweep", "merge_sweep", params,
              caption=f"Mean accuracy (%) over the tasks on the {select_split} split for every setting tried, "
-                     f"per training seed and averaged over seeds.")
+                     f"per training seed and averaged over seeds, with the 95 % interval of that mean (lo, hi).")
 wide.sort_values("mean", ascending=False).head(10).round(2)
 
 # %% [markdown]
