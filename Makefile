@@ -21,7 +21,9 @@ PB     := $(if $(INHERIT),params/$(INHERIT),$(P))
 pfile   = $(firstword $(wildcard $(P)/$(1).yaml) $(PB)/$(1).yaml)
 STAMPS := runs/$(STUDY)/stamps
 SRC    := $(shell find tiesnb -name '*.py') pyproject.toml
-TRAIN  := $(patsubst %.yaml,$(STAMPS)/%.json,$(sort $(notdir $(wildcard $(P)/train-*.yaml $(PB)/train-*.yaml))))
+# the multitask model (the longest run) first: two at a time, the runs then end together
+TRAIN  := $(patsubst %.yaml,$(STAMPS)/%.json,$(filter train-multitask.yaml,$(sort $(notdir $(wildcard $(P)/train-*.yaml $(PB)/train-*.yaml)))) \
+          $(filter-out train-multitask.yaml,$(sort $(notdir $(wildcard $(P)/train-*.yaml $(PB)/train-*.yaml)))))
 SETTINGS := $(P)/study.yaml $(PB)/study.yaml
 
 .DEFAULT_GOAL := help
@@ -65,8 +67,9 @@ study: setup  ## set up, then run the study (STUDY=default) and write figures/ a
 	TIESNB_THREADS=$${TIESNB_THREADS:-$(THREADS)} $(MAKE) --no-print-directory -j$(JOBS) notebooks STUDY=$(STUDY) && \
 	echo "study $(STUDY): up to date, $$(( $$(date +%s) - start )) s"
 
-notebooks: $(STAMPS)/evaluate.json $(STAMPS)/merge_sweep.json $(STAMPS)/interference.json $(STAMPS)/ablations.json \
-           $(STAMPS)/num_tasks.json
+# merge_sweep → ablations is the longest chain: it goes first
+notebooks: $(STAMPS)/merge_sweep.json $(STAMPS)/evaluate.json $(STAMPS)/num_tasks.json $(STAMPS)/interference.json \
+           $(STAMPS)/ablations.json
 
 .SECONDEXPANSION:
 $(STAMPS)/probe.json: notebooks/probe.py $$(call pfile,probe) $(SETTINGS) $(SRC) | $(STAMP)
