@@ -57,8 +57,9 @@ def compare(rows: pd.DataFrame, pairs: Sequence[tuple[str, str, str]], tasks: Se
         iv = stats.difference(ra, rb, tasks, seeds).scaled(100)
         sa = ra.groupby("seed")["accuracy"].mean()
         sb = rb.groupby("seed")["accuracy"].mean()
+        first = name.split(" − ")[0]  # "TIES − averaging": the verdict speaks of TIES
         row = {"comparison": name, "a": a, "b": b, "difference": iv.mean, "lo": iv.lo, "hi": iv.hi,
-               "separated": iv.separated, "verdict": f"{a} {iv.verdict()}" if iv.separated else "not separated"}
+               "separated": iv.separated, "verdict": f"{first} {iv.verdict()}" if iv.separated else "not separated"}
         for s in seeds:
             row[f"seed {s}"] = (sa.get(s, np.nan) - sb.get(s, np.nan)) * 100
         out.append(row)
