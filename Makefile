@@ -103,9 +103,9 @@ lab: setup  ## open JupyterLab on the notebooks (the .py sources open as noteboo
 report: setup  ## render the executed notebooks and an index of figures and tables to runs/<study>/report
 	$(TIESNB) report --study $(STUDY)
 
-bench: setup  ## merge benchmark: time and peak RSS against baselines (writes docs/performance.md)
-	$(BIN)/python benchmarks/merge_bench.py --size-mb 300 --models 7 --repeats 5
-	$(BIN)/python benchmarks/merge_bench.py --size-mb 100 --models 7 --repeats 3
+bench: setup  ## merge benchmark, fp32 and bf16 at 7 × 1 GB: time and peak RSS against baselines (docs/performance.md)
+	$(BIN)/python benchmarks/merge_bench.py --size-mb 1000 --models 7 --repeats 3
+	$(BIN)/python benchmarks/merge_bench.py --size-mb 1000 --models 7 --repeats 3 --dtype bfloat16
 
 clean-study:  ## forget the study's runs (checkpoints, caches, executed notebooks): STUDY=...
 	rm -rf runs/$(STUDY)
