@@ -15,11 +15,14 @@
 #
 # * **Ablation** — as the paper's: built on *tuned* TIES (each seed's k and λ chosen on
 #   validation by `merge_sweep`), then one step removed at a time, each variant with its λ chosen
-#   again on validation: without trimming (k = 100 %), without the sign election (the mean over
-#   all non-zero entries, whatever their sign), without the disjoint mean (the agreeing entries
-#   summed and divided by all n models — its λ grid is the others' times n, the same range of
-#   effective scales), and without scaling (tuned k, λ = 1). Reported on test and validation,
-#   each row's difference from TIES with its 95 % interval.
+#   again on validation: without trimming (k = 100 %, its own λ grid: keeping everything wants a
+#   smaller λ than the tuned sparse trim), without the sign election (the mean over all non-zero
+#   entries, whatever their sign), without the disjoint mean (the agreeing entries summed and
+#   divided by all n models instead of the few that agree, so its λ grid is n times larger), and
+#   without scaling (tuned k, λ = 1). The grids of the variants that keep the tuned k are centred
+#   on that seed's tuned λ (TIES's best λ moves with k, from 1.4 at k = 2 % to 4 at 0.5 %), so a
+#   variant's optimum is not cut off by a grid made for another k. Reported on test and
+#   validation, each row's difference from TIES with its 95 % interval.
 # * **Oracle sign** — tuned TIES with the sign vector of the multitask model's task vector
 #   instead of the elected one (λ chosen again): how much a better sign would buy.
 #
@@ -29,7 +32,9 @@
 study: str = "default"  # which study: params/<study>/study.yaml
 select_split: str = "val"  # split λ is chosen on
 report_split: str = "test"  # split the ablation table reports
-lams: list[float] = [0.8, 1.0, 1.4, 2.0, 2.8, 4.0]  # λ grid of the variants (× n for "without disjoint mean")
+lams: list[float] = [1.0, 1.4, 2.0, 2.8, 4.0]  # λ grid of "without trim" (k = 100 %)
+relative_lams: list[float] = [0.5, 0.7, 1.0, 1.4, 2.0]  # × the seed's tuned λ: "without elect", the oracle
+mean_all_relative: list[float] = [0.35, 0.5, 0.7, 1.0, 1.4]  # × n × the tuned λ: "without disjoint mean"
 
 # %%
 import json
@@ -41,11 +46,15 @@ from tiesnb.errors import TiesnbError
 from tiesnb.study import MULTITASK, Study
 
 S = Study.load(study)
-params = {k_: globals()[k_] for k_ in ["study", "select_split", "report_split", "lams"]}
+params = {k_: globals()[k_] for k_ in ["study", "select_split", "report_split", "lams", "relative_lams",
+                                      "mean_all_relative"]}
 choices_file = S.results_path("choices.json")
 if not choices_file.exists():
     raise TiesnbError(f"{choices_file} is missing: run `make merge_sweep STUDY={study}` first (the ablation builds on tuned TIES)")
-choices = json.loads(choices_file.read_text())["choices"]
+recorded = json.loads(choices_file.read_text())
+choices = recorded["choices"]
+# the variants' λ is chosen as merge_sweep chose TIES's: per seed, or once on the mean over seeds
+per_seed = bool(recorded["parameters"].get("choose_per_seed", True))
 n = len(S.tasks)
 
 # %% [markdown]
@@ -54,31 +63,51 @@ n = len(S.tasks)
 # %%
 TIES = "TIES"
 ORACLE = "TIES with the multitask model's signs (oracle)"
-variants = {  # name: (fixed switches, λ grid or None for a fixed λ)
-    "without trim": ({"k": 1.0}, lams),
-    "without elect": ({"elect": "none"}, lams),
-    "without disjoint mean": ({"disjoint": "mean_all"}, [lam * n for lam in lams]),
+
+
+def scaled(factors, by):
+    return [float(f"{f * by:.4g}") for f in factors]  # 4 digits: 2.8 × 0.7 is 1.96, not 1.9599999999999997
+
+
+variants = {  # name: (fixed switches, λ grid from the tuned λ, or None for λ = 1)
+    "without trim": ({"k": 1.0}, lambda lam: list(lams)),
+    "without elect": ({"elect": "none"}, lambda lam: scaled(relative_lams, lam)),
+    "without disjoint mean": ({"disjoint": "mean_all"}, lambda lam: scaled(mean_all_relative, n * lam)),
     "without scaling (λ = 1)": ({}, None),
-    ORACLE: ({"signs": MULTITASK}, lams),
+    ORACLE: ({"signs": MULTITASK}, lambda lam: scaled(relative_lams, lam)),
 }
-rows, lam_choice = [], {}
-for Ss in S.each_seed():
-    tuned = choices[str(Ss.seed)][TIES]["params"]  # k, λ, preset
-    k = tuned["k"]
+rows, lam_choice, sweeps = [], {}, {}
+tuned = {s: choices[str(s)][TIES]["params"] for s in S.seeds}  # k, λ, preset
+
+
+def switches_of(name, seed):
+    return {"preset": tuned[seed]["preset"], "k": tuned[seed]["k"], **variants[name][0]}
+
+
+for Ss in S.each_seed():  # the validation sweeps
+    for name, (switches, grid_of) in progress.bar(variants.items(), desc=f"ablations on {select_split} (seed {Ss.seed})"):
+        if grid_of is not None:
+            sweeps[(name, Ss.seed)] = sum((Ss.evaluate_merge("ties", select_split, label=name, lam=l, **switches_of(name, Ss.seed))
+                                           for l in grid_of(tuned[Ss.seed]["lam"])), [])
+for name, (switches, grid_of) in variants.items():  # each variant's λ: as merge_sweep chose TIES's
+    for s in S.seeds:
+        if grid_of is None:
+            lam_choice[(name, s)] = (1.0, [])
+        elif per_seed:
+            chosen, edges = analysis.choose(pd.DataFrame(sweeps[(name, s)]), {"lam": grid_of(tuned[s]["lam"])}, name, s)
+            lam_choice[(name, s)] = (chosen["lam"], edges)
+        elif s == S.seeds[0]:  # one λ for every seed, best on the mean over seeds (the grids are the same)
+            val = pd.DataFrame(sum((sweeps[(name, x)] for x in S.seeds), []))
+            chosen, edges = analysis.choose(val, {"lam": grid_of(tuned[s]["lam"])}, name)
+            lam_choice.update({(name, x): (chosen["lam"], edges) for x in S.seeds})
+for Ss in S.each_seed():  # test and validation at the chosen settings
     for split in (report_split, select_split):
-        rows += Ss.evaluate_merge("ties", split, label=TIES, **tuned)
-    lam_choice[(TIES, Ss.seed)] = (tuned["lam"], choices[str(Ss.seed)][TIES]["edge"])
-    for name, (switches, grid) in progress.bar(variants.items(), desc=f"ablations (seed {Ss.seed})"):
-        hp = {"preset": tuned["preset"], "k": k, **switches}
-        if grid is None:
-            lam, edges = 1.0, []
-        else:
-            val = pd.DataFrame(sum((Ss.evaluate_merge("ties", select_split, label=name, lam=l, **hp) for l in grid), []))
-            chosen, edges = analysis.choose(val, {"lam": grid}, name, Ss.seed)
-            lam = chosen["lam"]
-        lam_choice[(name, Ss.seed)] = (lam, edges)
+        rows += Ss.evaluate_merge("ties", split, label=TIES, **tuned[Ss.seed])
+    lam_choice[(TIES, Ss.seed)] = (tuned[Ss.seed]["lam"], choices[str(Ss.seed)][TIES]["edge"])
+    for name in progress.bar(variants, desc=f"ablations on {report_split} (seed {Ss.seed})"):
         for split in (report_split, select_split):
-            rows += Ss.evaluate_merge("ties", split, label=name, lam=lam, **hp)
+            rows += Ss.evaluate_merge("ties", split, label=name, lam=lam_choice[(name, Ss.seed)][0],
+                                      **switches_of(name, Ss.seed))
 abl = pd.DataFrame(rows)
 
 # %%
@@ -117,8 +146,9 @@ md.insert(at, "vs TIES [95% CI]", ["" if pd.isna(d) else f"{d:+.1f} [{lo:+.1f}, 
 md = md.drop(columns=["vs TIES", "vs TIES lo", "vs TIES hi"])
 caption = (f"TIES without each step, and with the multitask model's signs: {report_split} accuracy (%), mean over "
            f"{len(S.seeds)} seeds, average with its 95 % interval; the {select_split} average beside it; each row's "
-           f"paired difference from tuned TIES with its interval. Each variant keeps its seed's tuned k and has its λ "
-           f"chosen on {select_split} ('(edge)': at the edge of its grid). The paper's ablation columns are averages on "
+           f"paired difference from tuned TIES with its interval. Each variant keeps the tuned k and has its λ "
+           f"chosen on {select_split} as TIES's was ({'by each seed' if per_seed else 'once, on the mean over the seeds'}; "
+           f"'(edge)': at the edge of its grid). The paper's ablation columns are averages on "
            f"its *validation* sets, its oracle numbers are IA3 test averages (Table 1 setting); {paper.SECOND_HAND}.")
 S.save_table(table, "ablations", "ablations", params, caption=caption, markdown=tables.markdown(md))
 S.save_data(tables.predictions(test_part, "ablations"), "predictions/ablations")

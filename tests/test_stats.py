@@ -111,6 +111,22 @@ def test_choose_flags_and_announces_an_edge(capsys):
     assert chosen == {"lam": 0.1} and edges == ["lam"]
     assert "task arithmetic (seed 2): the chosen lam = 0.1 is at the edge of its grid [0.1 … 0.4]" in capsys.readouterr().out
     assert analysis.setting_text({"k": 0.2, "lam": 0.1}, edges) == "k = 20%, λ = 0.1 (edge)"
+    assert analysis.setting_text({"k": 0.005, "lam": 4.0}) == "k = 0.5%, λ = 4"  # not rounded to 0 %
+
+
+def test_choice_on_the_mean_over_seeds_is_not_any_one_seeds_choice():
+    """merge_sweep's default (choose_per_seed: false) hands every seed's validation rows to
+    choose(): the setting with the best mean over seeds and tasks wins. Worked by hand: seed 0
+    prefers λ = 0.1 (0.80 vs 0.76 vs 0.60), seed 1 prefers λ = 0.4 (0.82 vs 0.80 vs 0.60); the means
+    are 0.70, 0.78 and 0.71, so λ = 0.2 (interior) is chosen although neither seed chose it."""
+    from tiesnb import analysis
+
+    acc = {(0, 0.1): 0.80, (0, 0.2): 0.76, (0, 0.4): 0.60, (1, 0.1): 0.60, (1, 0.2): 0.80, (1, 0.4): 0.82}
+    rows = pd.DataFrame([{"seed": s, "lam": lam, "task": t, "accuracy": a} for (s, lam), a in acc.items() for t in "ab"])
+    grid = {"lam": [0.1, 0.2, 0.4]}
+    assert analysis.choose(rows[rows.seed == 0], grid, "x")[0] == {"lam": 0.1}
+    assert analysis.choose(rows[rows.seed == 1], grid, "x")[0] == {"lam": 0.4}
+    assert analysis.choose(rows, grid, "x") == ({"lam": 0.2}, [])
 
 
 def _rows(method, acc_by_seed, tasks=("a", "b"), n=20):

@@ -127,7 +127,7 @@ def choose(rows: pd.DataFrame, grid: Mapping[str, Sequence[float]], what: str, s
 
 def setting_text(hp: Mapping[str, float], edges: Sequence[str] = ()) -> str:
     """``k = 20%, λ = 1.4`` (``(edge)`` after a value at the edge of its grid)."""
-    shown = {"k": lambda v: f"k = {v:.0%}", "lam": lambda v: f"λ = {v:g}", "alpha": lambda v: f"α = {v:g}"}
+    shown = {"k": lambda v: f"k = {100 * v:.3g}%", "lam": lambda v: f"λ = {v:g}", "alpha": lambda v: f"α = {v:g}"}
     return ", ".join(shown[k](v) + (" (edge)" if k in edges else "") for k, v in hp.items() if k in shown)
 
 
