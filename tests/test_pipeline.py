@@ -182,6 +182,13 @@ def test_tables_hold_the_expected_rows(smoke_run):
     sweep = pd.read_csv(smoke_run / "figures" / "merge_sweep.csv")
     assert len(sweep) == 1 + 2 + 2 + 1 + 1 + 1  # average, TA λ×2, TIES λ×2, DARE, Fisher, RegMean
     assert {"seed 0", "seed 1", "mean"} <= set(sweep.columns)
+    # choose_per_seed: false — every seed gets the one setting with the best validation mean over seeds
+    chosen = json.loads((smoke_run / "results" / "choices.json").read_text())["choices"]
+    ties = sweep[sweep.method == "ties"].reset_index(drop=True)
+    top = ties.loc[ties["mean"].idxmax()]
+    for s in ("0", "1"):
+        assert chosen[s]["TIES"]["params"]["lam"] == pytest.approx(top["lam"])
+        assert chosen[s]["TIES"]["params"]["k"] == pytest.approx(top["k"])
 
 
 def test_per_example_predictions_are_saved_and_agree_with_the_tables(smoke_run):
