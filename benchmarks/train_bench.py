@@ -33,13 +33,11 @@ def main() -> None:
 
     from tiesnb.data import load_task
     from tiesnb.study import Study
-    from tiesnb.train import TrainConfig, finetune
+    from tiesnb.train import TrainConfig, finetune, fit_heads
 
     study = Study.load("default")
     c = study.config
     data = {t: load_task(t, c.n_train, c.n_val, c.n_test, c.split_seed) for t in args.tasks}
-    from tiesnb.train import fit_heads
-
     heads = fit_heads(data, c.probe_examples, c.probe_l2, c.max_len, c.autocast, progress=False)
     results = {}
     for label, extra in SETTINGS.items():
@@ -47,12 +45,12 @@ def main() -> None:
         for _ in range(args.repeats):
             total = 0.0
             for t in args.tasks:
-                cfg = TrainConfig(tasks=[t], steps=args.steps, batch_size=c.batch_size, lr=c.lr, max_len=c.max_len,
-                                  autocast=c.autocast, **extra)
+                common = dict(tasks=[t], batch_size=c.batch_size, lr=c.lr, max_len=c.max_len, autocast=c.autocast, **extra)
+                cfg = TrainConfig(steps=args.steps, **common)
                 t0 = time.perf_counter()
                 finetune(cfg, data, heads, progress=False)
                 # the model load (≈ 0.3 s) is the same for every setting; a step-free run measures it
-                cfg0 = TrainConfig(tasks=[t], steps=1, batch_size=c.batch_size, max_len=c.max_len, autocast=c.autocast, **extra)
+                cfg0 = TrainConfig(steps=1, **common)
                 t1 = time.perf_counter()
                 finetune(cfg0, data, heads, progress=False)
                 t2 = time.perf_counter()

@@ -13,14 +13,14 @@
 # %% [markdown]
 # # Ablations and the oracle sign
 #
-# * **Ablation** — as the paper's: built on *tuned* TIES (each seed's k and λ chosen on
-#   validation by `merge_sweep`), then one step removed at a time, each variant with its λ chosen
+# * **Ablation** — as the paper's: built on *tuned* TIES (the k and λ `merge_sweep` chose on
+#   validation), then one step removed at a time, each variant with its λ chosen
 #   again on validation: without trimming (k = 100 %, its own λ grid: keeping everything wants a
 #   smaller λ than the tuned sparse trim), without the sign election (the mean over all non-zero
 #   entries, whatever their sign), without the disjoint mean (the agreeing entries summed and
 #   divided by all n models instead of the few that agree, so its λ grid is n times larger), and
 #   without scaling (tuned k, λ = 1). The grids of the variants that keep the tuned k are centred
-#   on that seed's tuned λ (TIES's best λ moves with k, from 1.4 at k = 2 % to 4 at 0.5 %), so a
+#   on the tuned λ (TIES's best λ moves with k, from 1.4 at k = 2 % to 4 at 0.5 %), so a
 #   variant's optimum is not cut off by a grid made for another k. Reported on test and
 #   validation, each row's difference from TIES with its 95 % interval.
 # * **Oracle sign** — tuned TIES with the sign vector of the multitask model's task vector
@@ -58,7 +58,7 @@ per_seed = bool(recorded["parameters"].get("choose_per_seed", True))
 n = len(S.tasks)
 
 # %% [markdown]
-# ## Ablation and oracle sign, seed by seed
+# ## Ablation and oracle sign
 
 # %%
 TIES = "TIES"
@@ -89,17 +89,18 @@ for Ss in S.each_seed():  # the validation sweeps
         if grid_of is not None:
             sweeps[(name, Ss.seed)] = sum((Ss.evaluate_merge("ties", select_split, label=name, lam=l, **switches_of(name, Ss.seed))
                                            for l in grid_of(tuned[Ss.seed]["lam"])), [])
-for name, (switches, grid_of) in variants.items():  # each variant's λ: as merge_sweep chose TIES's
-    for s in S.seeds:
+# each variant's λ, chosen as merge_sweep chose TIES's: by each seed, or once for all seeds on the
+# mean over them (their grids are then the same, since so is their tuned λ)
+for name, (switches, grid_of) in variants.items():
+    for group in ([[s] for s in S.seeds] if per_seed else [list(S.seeds)]):
         if grid_of is None:
-            lam_choice[(name, s)] = (1.0, [])
-        elif per_seed:
-            chosen, edges = analysis.choose(pd.DataFrame(sweeps[(name, s)]), {"lam": grid_of(tuned[s]["lam"])}, name, s)
-            lam_choice[(name, s)] = (chosen["lam"], edges)
-        elif s == S.seeds[0]:  # one λ for every seed, best on the mean over seeds (the grids are the same)
-            val = pd.DataFrame(sum((sweeps[(name, x)] for x in S.seeds), []))
-            chosen, edges = analysis.choose(val, {"lam": grid_of(tuned[s]["lam"])}, name)
-            lam_choice.update({(name, x): (chosen["lam"], edges) for x in S.seeds})
+            lam, edges = 1.0, []
+        else:
+            val = pd.DataFrame(sum((sweeps[(name, s)] for s in group), []))
+            chosen, edges = analysis.choose(val, {"lam": grid_of(tuned[group[0]]["lam"])}, name,
+                                            group[0] if per_seed else None)
+            lam = chosen["lam"]
+        lam_choice.update({(name, s): (lam, edges) for s in group})
 for Ss in S.each_seed():  # test and validation at the chosen settings
     for split in (report_split, select_split):
         rows += Ss.evaluate_merge("ties", split, label=TIES, **tuned[Ss.seed])
