@@ -42,6 +42,9 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	@# the paper-scale prompts: promptsource's last release (0.2.3) declares Python < 3.10 and pins
+	@# old datasets/pyarrow; its template reader needs only pyyaml, jinja2 and pandas (installed above)
+	$(BIN)/python -m pip install -q --no-deps --ignore-requires-python promptsource==0.2.3
 	@touch $(STAMP)
 
 setup: $(STAMP)  ## create or refresh .venv (idempotent)

@@ -49,7 +49,11 @@ def record(name: str, i: int, rng: random.Random) -> dict:
                 "answerKey": letters[i % 8], "fact1": s1, "fact2": s2, "combinedfact": s1, "formatted_question": ""}
     if name == "quartz":
         return {"id": str(i), "question": f"which {rng.choice(VERBS)}", "choices": {"text": ["more", "less"], "label": ["A", "B"]},
-                "answerKey": "AB"[i % 2], "para": s1, "para_id": "p", "para_anno": {}, "question_anno": {}}
+                "answerKey": "AB"[i % 2], "para": s1, "para_id": "p",
+                "para_anno": {k: "" for k in ("effect_prop", "cause_dir_str", "effect_dir_str", "cause_dir_sign",
+                                              "effect_dir_sign", "cause_prop")},
+                "question_anno": {k: "" for k in ("more_effect_dir", "less_effect_dir", "less_cause_prop",
+                                                  "more_effect_prop", "less_effect_prop", "less_cause_dir")}}
     if name == "wiki_qa":
         return {"question_id": str(i), "question": f"what {rng.choice(VERBS)}", "document_title": "x", "answer": s1,
                 "label": i % 2}
@@ -57,26 +61,49 @@ def record(name: str, i: int, rng: random.Random) -> dict:
 
 
 def write_fixtures(folder: Path, names=None, n_train: int = 16, n_eval: int = 14, seed: int = 0) -> Path:
+    """Local copies ``<folder>/<dataset>/<hub split>.jsonl`` of every split a dataset reads."""
     rng = random.Random(seed)
     for name in names or DATASETS:
         spec = DATASETS[name]
-        for split, n in ((spec.train_split, n_train), (spec.eval_split, n_eval)):
+        for split in spec.hub_splits():
+            n = n_train if split == spec.train else n_eval
             path = Path(folder) / name / f"{split}.jsonl"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text("".join(json.dumps(record(name, i, rng)) + "\n" for i in range(n)))
     return Path(folder)
 
 
+def write_parquet_export(root: Path, names=None, n: int = 40, seed: int = 0) -> Path:
+    """The hub's Parquet export of each dataset's repository, as it is laid out there:
+    ``<root>/<owner>/<repo>@refs%2Fconvert%2Fparquet/<config>/<split>/0000.parquet``, with the
+    dataset's column names (a stand-in for ``hf://datasets`` when ``TIESNB_HUB_ROOT`` points here)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tiesnb.data.paper import PARQUET_REVISION
+
+    rng = random.Random(seed)
+    for name in names or DATASETS:
+        spec = DATASETS[name]
+        for split in spec.hub_splits():
+            path = Path(root) / f"{spec.repo}@{PARQUET_REVISION}" / spec.config / split / "0000.parquet"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(pa.Table.from_pylist([record(name, i, rng) for i in range(n)]), path)
+    return Path(root)
+
+
 def all_texts(folder: Path) -> list[str]:
-    """Every input and answer choice the templates make from the fixtures (the tiny tokenizer's
-    vocabulary)."""
-    from tiesnb.data.paper import records
+    """Every input and answer choice the templates (promptsource's and the project's) make from
+    the fixtures (the tiny tokenizer's vocabulary)."""
+    from tiesnb.data.paper import PaperTaskData, prompts_for, records
 
     texts = []
     for name, spec in DATASETS.items():
-        for split in (spec.train_split, spec.eval_split):
-            for r in records(name, split, folder):
-                for t in spec.templates:
-                    ex = t(r)
-                    texts += [ex.input, *ex.choices]
+        for style in ("promptsource", "tiesnb"):
+            d = PaperTaskData(name, [], [], [], prompts_for(name, style))
+            for split in spec.hub_splits():
+                for r in records(name, split, folder, folder / name if spec.manual else None):
+                    for t in range(len(d.prompts)):
+                        ex = d.example(r, t)
+                        texts += [ex.input, *ex.choices]
     return texts

@@ -36,45 +36,138 @@ def test_mixtures_cover_the_seed_readme():
     assert len(MIXTURES["T0_held_out"]) == 11 and set(sum(MIXTURES.values(), [])) <= set(DATASETS)
 
 
+# the template counts of the original's readers (promptsource's original-task, accuracy templates)
+ORIGINAL_TEMPLATES = {"rte": 10, "cb": 15, "copa": 8, "wic": 10, "wsc": 10, "winogrande": 5, "hellaswag": 7,
+                      "story_cloze": 5, "anli_r1": 15, "anli_r2": 15, "anli_r3": 15}
+
+
+def _load(data, name, style="promptsource", **kw):
+    return load_paper_task(name, **{"n_train": 10, "n_val": 4, "seed": 42, "data_dir": data, **kw}, prompts=style)
+
+
 @pytest.mark.parametrize("name", sorted(DATASETS))
 def test_every_dataset_reads_and_templates(fixtures, name):
     _, data, _ = fixtures
-    d = load_paper_task(name, n_train=10, n_val=4, n_test=100, seed=42, data_dir=data)
-    assert (len(d.train), len(d.val), len(d.test)) == (10, 4, 10)
-    assert len(d.templates) >= 3
-    for t in range(len(d.templates)):
-        for ex in d.examples("val", t):
-            assert 0 <= ex.label < len(ex.choices) and ex.input
-    again = load_paper_task(name, n_train=10, n_val=4, n_test=100, seed=42, data_dir=data)
-    assert again.val == d.val and again.fingerprint == d.fingerprint  # seeded: the same split
-    assert PaperTaskData.from_json(name, json.loads(json.dumps(d.to_json()))) == d  # the run folder's cache
+    for style in ("promptsource", "tiesnb"):
+        d = _load(data, name, style)
+        assert len(d.train) == 10 and d.val and d.test
+        assert len(d.prompts) == (ORIGINAL_TEMPLATES.get(name, len(d.prompts)) if style == "promptsource" else 3)
+        for t in range(len(d.prompts)):
+            for ex in d.examples("val", t) + d.examples("test", t):
+                assert 0 <= ex.label < len(ex.choices) and ex.input.strip()
+        again = _load(data, name, style)
+        assert again.val == d.val and again.fingerprint == d.fingerprint  # seeded: the same split
+        assert PaperTaskData.from_json(name, json.loads(json.dumps(d.to_json())), style) == d  # the run folder's cache
+    # other prompts, another dataset for the caches
+    assert _load(data, name, "tiesnb").fingerprint != _load(data, name, "promptsource").fingerprint
+
+
+def test_splits_are_the_originals(fixtures):
+    """As the original's readers: a shared split shuffled by random.seed(42) and cut at 32 (here 4),
+    PAWS / WikiQA / QuaRTz their own splits, ANLI its dev (cut) and test sets; nothing capped."""
+    import random
+
+    _, data, _ = fixtures
+
+    def original_cut(rows, n):
+        random.seed(42)  # the original code seeds the global generator, then shuffles in place
+        random.shuffle(rows)
+        return rows[:n], rows[n:]
+
+    rte = _load(data, "rte", n_train=0)
+    val, test = original_cut(records("rte", "validation", data), 4)
+    assert (rte.val, rte.test, rte.train) == (val, test, records("rte", "train", data))
+    paws = _load(data, "paws")
+    assert paws.val == records("paws", "validation", data) and paws.test == records("paws", "test", data)
+    anli = _load(data, "anli_r2")
+    assert anli.val == original_cut(records("anli_r2", "dev_r2", data), 4)[0] and anli.test == records("anli_r2", "test_r2", data)
+    story = _load(data, "story_cloze")  # trains on the 2016 validation set, evaluates on the 2016 test set
+    assert story.train == records("story_cloze", "validation", data)[:10]
+    assert story.val + story.test == original_cut(records("story_cloze", "test", data), 4)[0] + original_cut(records("story_cloze", "test", data), 4)[1]
+    assert len(_load(data, "rte", n_test=3).test) == 3  # a cap, only when asked
 
 
 def test_labels_map_to_the_right_answer(fixtures):
     _, data, _ = fixtures
-    rte = DATASETS["rte"].templates[0]({"premise": "a", "hypothesis": "b", "label": 0})
-    assert rte.choices[rte.label] == "Yes"  # 0 = entailment
-    anli = DATASETS["anli_r1"].templates[0]({"premise": "a", "hypothesis": "b", "label": 2})
-    assert anli.choices[anli.label] == "No"  # 2 = contradiction
-    wino = DATASETS["winogrande"].templates[1]({"sentence": "_ ran", "option1": "x", "option2": "y", "answer": "2"})
-    assert wino.choices[wino.label] == "y"
-    qasc = records("qasc", "train", data)[3]
-    ex = DATASETS["qasc"].templates[0](qasc)
-    assert ex.choices[ex.label] == qasc["choices"]["text"][qasc["choices"]["label"].index(qasc["answerKey"])]
+    for name, rec, right in [
+        ("rte", {"premise": "a", "hypothesis": "b", "idx": 0, "label": 0}, "yes"),  # 0 = entailment
+        ("anli_r1", {"premise": "a", "hypothesis": "b", "uid": "0", "reason": "", "label": 2}, "incorrect"),  # 2 = contradiction
+        ("winogrande", {"sentence": "_ ran", "option1": "x", "option2": "y", "answer": "2"}, "y"),
+    ]:
+        d = PaperTaskData(name, [], [], [], _load(data, name).prompts)
+        ex = d.example(rec, 0)
+        assert right in ex.choices[ex.label].lower()
+    qasc_rec = records("qasc", "train", data)[3]
+    d = _load(data, "qasc")
+    for t in range(len(d.prompts)):
+        ex = d.example(qasc_rec, t)
+        assert ex.choices[ex.label].lower() == qasc_rec["choices"]["text"][qasc_rec["choices"]["label"].index(qasc_rec["answerKey"])].lower()
+
+
+def test_the_hubs_parquet_layout(tmp_path, monkeypatch):
+    """Read through ``datasets`` from the namespaced repositories' Parquet export, laid out and
+    named as on the hub (a local folder stands in for hf://datasets)."""
+    from tiesnb.data import paper
+
+    from paper_fixtures import record, write_parquet_export
+
+    root = write_parquet_export(tmp_path / "hub", ["rte", "anli_r1", "hellaswag", "quartz", "winogrande"])
+    assert (root / "aps" / "super_glue@refs%2Fconvert%2Fparquet" / "rte" / "validation" / "0000.parquet").exists()
+    monkeypatch.setattr(paper, "HUB_ROOT", str(root))
+    rows = records("anli_r1", "test_r1")
+    assert len(rows) == 40 and set(rows[0]) == {"premise", "hypothesis", "label", "uid", "reason"}
+    d = load_paper_task("hellaswag", 5, 4, 0)
+    assert len(d.test) == 36 and isinstance(d.train[0]["endings"], list)
+    assert load_paper_task("quartz", 5, 4, 0).test == records("quartz", "test")
+    with pytest.raises(TiesnbError, match=r"cannot load cb split 'train' from .*aps/super_glue@refs%2Fconvert%2Fparquet/cb/"
+                                          r"train/\*\.parquet .*set data_dir to a folder of copies .*cb/train.jsonl"):
+        records("cb", "train")
+
+
+def test_story_cloze_from_its_csv_files(tmp_path):
+    import csv
+
+    from paper_fixtures import record
+    from tiesnb.data.paper import STORY_CLOZE_COLUMNS
+    from tiesnb.cli import main
+
+    rng = __import__("random").Random(0)
+    csv_dir = tmp_path / "csv"
+    csv_dir.mkdir()
+    inverse = {v: k for k, v in STORY_CLOZE_COLUMNS.items()}
+    for fname, n in [("cloze_test_val__spring2016 - cloze_test_ALL_val.csv", 12),
+                     ("cloze_test_test__spring2016 - cloze_test_ALL_test.csv", 40)]:
+        with open(csv_dir / fname, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(STORY_CLOZE_COLUMNS))
+            w.writeheader()
+            for i in range(n):
+                w.writerow({inverse[k]: v for k, v in record("story_cloze", i, rng).items()})
+    assert main(["data", "story-cloze", str(csv_dir), "--out", str(tmp_path / "sc")]) == 0
+    d = load_paper_task("story_cloze", 0, 4, 0, story_cloze_dir=tmp_path / "sc")
+    assert (len(d.train), len(d.val), len(d.test)) == (12, 4, 36)
+    first = records("story_cloze", "validation", story_cloze_dir=tmp_path / "sc")[0]
+    assert first["answer_right_ending"] in (1, 2) and first["input_sentence_1"]
+    (csv_dir / "cloze_test_test__spring2016 - cloze_test_ALL_test.csv").write_text("InputStoryid,InputSentence1\nx,y\n")
+    with pytest.raises(TiesnbError, match="lacks the column"):
+        seq2seq_convert = __import__("tiesnb.data.paper", fromlist=["x"]).convert_story_cloze
+        seq2seq_convert(csv_dir, tmp_path / "sc2")
+    assert not (tmp_path / "sc2" / "test.jsonl").exists()
 
 
 def test_bad_datasets(tmp_path):
-    with pytest.raises(TiesnbError, match="story_cloze needs a manual download: set story_cloze_dir"):
+    with pytest.raises(TiesnbError, match="story_cloze needs a manual download: get its CSV files .*tiesnb data story-cloze"):
         records("story_cloze", "validation")
-    with pytest.raises(TiesnbError, match="no local copy .*rte/train.jsonl"):
+    with pytest.raises(TiesnbError, match=r"no local copy .*rte/train.jsonl \(or .parquet\)"):
         records("rte", "train", tmp_path)
     with pytest.raises(TiesnbError, match="unknown dataset 'rtee'"):
         records("rtee", "train")
     (tmp_path / "rte").mkdir()
     (tmp_path / "rte" / "train.jsonl").write_text(json.dumps({"sentence": "x", "label": 0}) + "\n")
     (tmp_path / "rte" / "validation.jsonl").write_text("".join(json.dumps({"sentence": "x", "label": 0}) + "\n" for _ in range(40)))
-    with pytest.raises(TiesnbError, match="rte: a record does not have the dataset's schema"):
+    with pytest.raises(TiesnbError, match="rte: a .* record does not have the dataset's schema"):
         load_paper_task("rte", 10, data_dir=tmp_path)
+    with pytest.raises(TiesnbError, match="prompts must be one of promptsource, tiesnb"):
+        load_paper_task("rte", 10, data_dir=tmp_path, prompts="mine")
 
 
 def test_rank_classification_scores_by_hand(fixtures):
@@ -95,12 +188,14 @@ def test_rank_classification_scores_by_hand(fixtures):
     assert acc == sum(int(torch.argmax(s)) == ex.label for s, ex in zip(scores, examples)) / 2
 
 
-def test_median_over_templates(fixtures):
+def test_template_zero_or_the_median_over_templates(fixtures):
     _, data, path = fixtures
-    d = {"cb": load_paper_task("cb", 10, 4, 10, data_dir=data)}
-    ev = seq2seq.RankEvaluator(str(path), d, batch_size=4, autocast="off", progress=False)
+    d = {"cb": _load(data, "cb", n_test=10)}
+    ev = seq2seq.RankEvaluator(str(path), d, batch_size=4, autocast="off", progress=False, templates="all")
     per = ev.template_accuracies(None, "cb", "test")
-    assert len(per) == 3 and ev.accuracy(None, "cb", "test") == statistics.median(per)
+    assert len(per) == 15 and ev.accuracy(None, "cb", "test") == statistics.median(per)
+    first = seq2seq.RankEvaluator(str(path), d, batch_size=4, autocast="off", progress=False, templates="first")
+    assert first.template_accuracies(None, "cb", "test") == per[:1]
 
 
 def test_t5_tied_embedding_merges_once_and_the_original_counts_it_twice(fixtures):
@@ -141,6 +236,102 @@ def test_ia3_on_t5(fixtures):
 
 
 # ---------------------------------------------------------------------------------------------
+# the training recipe
+
+
+def _separable(n: int, seed: int) -> list[dict]:
+    """RTE-shaped records whose label is written in the premise: the cat entails, the dog not."""
+    import random
+
+    rng = random.Random(seed)
+    verbs = ["sleeps", "runs", "sings", "stops"]
+    return [{"premise": f"the {'cat' if i % 2 == 0 else 'dog'} {rng.choice(verbs)}", "hypothesis": f"the bird {rng.choice(verbs)}",
+             "idx": i, "label": i % 2} for i in range(n)]
+
+
+def _separable_task():
+    from tiesnb.data.paper import prompts_for
+
+    return {"rte": PaperTaskData("rte", _separable(64, 0), _separable(12, 1), _separable(40, 2), prompts_for("rte", "tiesnb"),
+                                 "separable", "tiesnb")}
+
+
+def test_training_beats_zero_shot_and_keeps_the_best_state(fixtures):
+    """On a task the tiny T5 can learn: accuracy rises well above zero-shot; with validation every
+    4 optimiser steps and patience 6, training stops after 6 evaluations without improvement and
+    returns the best evaluated state (its validation score is the best seen)."""
+    _, _, path = fixtures
+    data = _separable_task()
+    ev = seq2seq.RankEvaluator(str(path), data, batch_size=8, autocast="off", progress=False, templates="first")
+    zero = ev.accuracy(None, "rte", "test")
+    cfg = seq2seq.Seq2SeqTrainConfig(tasks=["rte"], steps=100, batch_size=4, grad_accum=2, lr=1e-2, schedule="constant",
+                                     templates="first", eval_every=4, patience=6, eval_batch_size=8, autocast="off",
+                                     model_path=str(path), max_len=32, max_target_len=4)
+    trace = {}
+    state = seq2seq.finetune(cfg, data, progress=False, trace=trace)
+    assert ev.accuracy(state, "rte", "test") >= max(0.9, zero + 0.25)
+    vals = trace["val"]
+    best, waited, stop = float("-inf"), 0, None  # the early-stopping rule, replayed on the scores seen
+    for i, v in enumerate(vals):
+        best, waited = (v, 0) if v > best else (best, waited + 1)
+        if waited == 6:
+            stop = i
+            break
+    assert stop is not None and len(vals) == stop + 1 < 25  # it stopped, and exactly there
+    assert len(trace["lr"]) == 4 * len(vals) and set(trace["lr"]) == {1e-2}  # constant, one per optimiser step
+    assert len(trace["items"]) == 2 * len(trace["lr"])  # two micro-batches per optimiser step
+    ev_val = seq2seq.validation_score(seq2seq.load_seq2seq(path)[0], ev.tok, cfg, data, False)
+    model, _ = seq2seq.load_seq2seq(path)
+    model.load_state_dict(state)
+    assert seq2seq.validation_score(model, ev.tok, cfg, data, False) == max(vals) > ev_val
+
+
+def test_ia3_vectors_must_be_folded_before_evaluation(fixtures):
+    """The (IA)³ path fails loudly when its vectors would be ignored, and folding them changes
+    what the model computes."""
+    from tiesnb.train import fold_ia3
+
+    _, data, path = fixtures
+    d = {"rte": _load(data, "rte")}
+    cfg = seq2seq.Seq2SeqTrainConfig(tasks=["rte"], mode="ia3", steps=1, batch_size=4, lr=0.05, autocast="off",
+                                     model_path=str(path), max_len=32, max_target_len=8, templates="first")
+    vectors = {k: 3 * torch.ones_like(v) for k, v in seq2seq.finetune(cfg, d, progress=False).items()}
+    ev = seq2seq.RankEvaluator(str(path), d, batch_size=4, autocast="off", progress=False, templates="first")
+    with pytest.raises(TiesnbError, match="entries the model lacks.*must be folded"):
+        ev.accuracy(vectors, "rte", "val")
+    examples = d["rte"].examples("val", 0)
+    ev._load(None)
+    plain = seq2seq.choice_scores(ev.model, ev.tok, examples)
+    ev._load(fold_ia3(seq2seq.pretrained_state(path), vectors))
+    folded = seq2seq.choice_scores(ev.model, ev.tok, examples)
+    assert not all(torch.allclose(a, b) for a, b in zip(plain, folded))
+
+
+def test_two_processes_shard_the_data_and_keep_the_schedule(fixtures, tmp_path):
+    """With 2 CPU processes (gloo): in every micro-batch the two processes see
+    different examples which together are the single process's batch of twice the size, and the
+    learning rate follows the single-process schedule step by step."""
+    _, data, path = fixtures
+    script = paths.ROOT / "tests" / "accelerate_train.py"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, str(script), str(tmp_path / "one"), str(path), str(data), "4"], env=env,
+                         capture_output=True, text=True, cwd=paths.ROOT)
+    assert one.returncode == 0, one.stderr[-3000:]
+    # torchrun, which `accelerate launch --multi_gpu` starts (accelerate's --cpu launcher starts one process)
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+                          str(script), str(tmp_path / "two"), str(path), str(data), "2"], env=env, capture_output=True,
+                         text=True, cwd=paths.ROOT)
+    assert two.returncode == 0, two.stderr[-3000:]
+    single = json.loads((tmp_path / "one" / "rank0.json").read_text())
+    r0, r1 = (json.loads((tmp_path / "two" / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["lr"] == r1["lr"] == single["lr"] and len(single["lr"]) == 4
+    assert single["lr"] == pytest.approx([1e-3 * f for f in (0.5, 1.0, 1.0, 0.5)])  # warm-up 2 steps, then decay
+    assert len(r0["items"]) == len(r1["items"]) == len(single["items"]) == 8
+    for a, b, s in zip(r0["items"], r1["items"], single["items"]):
+        assert not set(a) & set(b) and a + b == s
+
+
+# ---------------------------------------------------------------------------------------------
 # the whole paper-scale path through the same notebooks and pipeline
 
 
@@ -150,7 +341,8 @@ def _study(root, name, mode, tasks, model_path, data_dir):
     study = {"name": name, "model": "seq2seq", "model_path": str(model_path), "data_dir": str(data_dir), "tasks": tasks,
              "mode": mode, "n_train": 16, "n_val": 4, "n_test": 10, "max_len": 48, "max_target_len": 8,
              "autocast": "off", "eval_batch_size": 8, "steps": 2, "multitask_steps": 2, "batch_size": 4,
-             "lr": 0.01 if mode == "ia3" else 1e-3, "fisher_examples": 2, "gram_examples": 4, "figures_dir": ""}
+             "lr": 0.01 if mode == "ia3" else 1e-3, "fisher_examples": 2, "gram_examples": 4, "figures_dir": "",
+             "templates": "all" if mode == "ia3" else "first", "schedule": "constant", "eval_every": 1, "patience": 1}
     (folder / "study.yaml").write_text(yaml.safe_dump(study))
     for f in (paths.PARAMS / "smoke").glob("*.yaml"):
         if f.stem not in ("study",) and not f.stem.startswith("train-"):
@@ -188,3 +380,50 @@ def test_paper_path_end_to_end_on_a_tiny_t5(fixtures, tmp_path, mode, tasks, not
     assert cache and all("spread" in r for rec in cache for r in rec["tasks"].values())
     if mode == "full":
         assert (figures / "sign_conflicts.png").exists() and (figures / "ablations.csv").exists()
+        _poisoned_test_labels_change_no_choice(tmp_path, name, params, env, t1)
+
+
+def _poisoned_test_labels_change_no_choice(tmp_path, name, params, env, t1):
+    """λ and k are chosen on validation only: with every test label changed, the merge sweep
+    chooses the same settings (while its test accuracies change)."""
+    run = tmp_path / "runs" / name
+    [choices_file] = run.rglob("choices.json")
+    before = json.loads(choices_file.read_text())["choices"]
+    for f in (run / "data").glob("*.json"):
+        raw = json.loads(f.read_text())
+        for r in raw["test"]:
+            if "label" in r:
+                r["label"] = 1 - int(r["label"])
+            else:
+                r["answerKey"] = "ABCDEFGH"[("ABCDEFGH".index(r["answerKey"]) + 1) % len(r["choices"]["label"])]
+        f.write_text(json.dumps(raw))
+    choices_file.unlink()
+    r = subprocess.run([sys.executable, "-m", "tiesnb.cli", "run", "merge_sweep", "--study", name, "--quiet",
+                        "--params", str(params / "merge_sweep.yaml")], env=env, capture_output=True, text=True, cwd=paths.ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads(choices_file.read_text())["choices"] == before
+    after = pd.read_csv(run / "figures" / "table1.csv")
+    assert not after.equals(t1)  # the test numbers did change
+
+
+def test_a_template_change_invalidates_cached_accuracies(fixtures, tmp_path, monkeypatch):
+    from tiesnb.data import paper
+    from tiesnb.study import Study
+
+    _, data, model = fixtures
+    _study(tmp_path, "tiny-cache", "full", ["rte"], model, data)
+    monkeypatch.setattr(paths, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(paths, "PARAMS", tmp_path / "params")
+    cfg = tmp_path / "params" / "tiny-cache" / "study.yaml"
+    cfg.write_text(cfg.read_text() + "prompts: tiesnb\n")
+    Study.load("tiny-cache").fit_heads(progress=False)  # (none for seq2seq: the probe step's marker)
+    first = Study.load("tiny-cache").evaluate_checkpoint(None, ["rte"], "val", "zero-shot")
+    cached = lambda: sorted((tmp_path / "runs" / "tiny-cache" / "cache" / "evaluations").rglob("*.json"))  # noqa: E731
+    assert len(cached()) == 1
+    assert Study.load("tiny-cache").evaluate_checkpoint(None, ["rte"], "val", "zero-shot")[0]["accuracy"] == first[0]["accuracy"]
+    assert len(cached()) == 1  # reused
+    old = paper.TIESNB_PROMPTS["rte"]
+    changed = paper.Prompt(old[0].name, lambda r: (f'{r["premise"]} Does "{r["hypothesis"]}" follow?', ("Yes", "No")), "edited")
+    monkeypatch.setitem(paper.TIESNB_PROMPTS, "rte", (changed, *old[1:]))
+    Study.load("tiny-cache").evaluate_checkpoint(None, ["rte"], "val", "zero-shot")
+    assert len(cached()) == 2  # a new key: computed again with the edited template

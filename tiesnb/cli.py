@@ -131,6 +131,16 @@ def cmd_report(args) -> int:
 def cmd_data(args) -> int:
     from .data.assets import ASSETS, fetch
 
+    if args.action == "story-cloze":
+        from .data.paper import convert_story_cloze
+
+        if len(args.assets) != 1:
+            raise TiesnbError("usage: tiesnb data story-cloze CSV_DIR [--out DIR]: one folder with the Story Cloze 2016 CSV files")
+        out = Path(args.out) if args.out else Path(args.assets[0]) / "story_cloze"
+        for split, path in convert_story_cloze(args.assets[0], out).items():
+            print(f"ok  {split}: {path}")
+        print(f"set story_cloze_dir: {out} in the study's study.yaml")
+        return 0
     names = args.assets or list(ASSETS)
     if args.study:
         from .study import Study
@@ -166,8 +176,11 @@ def main(argv=None) -> int:
     p.add_argument("--study", default="default")
     p.set_defaults(func=cmd_report)
     p = sub.add_parser("data", help="download the offline model and datasets into the data cache")
-    p.add_argument("action", choices=["fetch"])
-    p.add_argument("assets", nargs="*", help="which (default: all): minilm, bbc, rotten_tomatoes, bigbench")
+    p.add_argument("action", choices=["fetch", "story-cloze"],
+                   help="fetch: the embedded study's assets; story-cloze CSV_DIR: convert Story Cloze's CSV files")
+    p.add_argument("assets", nargs="*", help="fetch: which (default: all): minilm, bbc, rotten_tomatoes, bigbench; "
+                   "story-cloze: the folder of the CSV files")
+    p.add_argument("--out", help="story-cloze: where to write validation.jsonl and test.jsonl (default CSV_DIR/story_cloze)")
     p.add_argument("--study", help="only what this study needs")
     p.set_defaults(func=cmd_data)
     p = sub.add_parser("train", help="train one model of a study without the notebook (e.g. under `accelerate launch`)")

@@ -33,7 +33,7 @@ class MiniLM:
         c = study.config
         return load_task(task, c.n_train, c.n_val, c.n_test, c.split_seed)
 
-    def task_data(self, task: str, raw: dict):
+    def task_data(self, study, task: str, raw: dict):
         from .data import TaskData
 
         return TaskData.from_json(task, raw)
@@ -94,19 +94,19 @@ class Seq2Seq:
 
     def data_key(self, study) -> str:
         c = study.config
-        return f"{c.split_seed}-{c.n_train}-{c.n_val}-{c.n_test}"
+        return f"{c.split_seed}-{c.n_train}-{c.n_val}-{c.n_test}-v2"  # v2: the original's splits
 
     def load_task(self, study, task: str):
         from .data.paper import load_paper_task
 
         c = study.config
         return load_paper_task(task, c.n_train, c.n_val, c.n_test, c.split_seed, c.data_dir or None,
-                               c.story_cloze_dir or None)
+                               c.story_cloze_dir or None, c.prompts)
 
-    def task_data(self, task: str, raw: dict):
+    def task_data(self, study, task: str, raw: dict):
         from .data.paper import PaperTaskData
 
-        return PaperTaskData.from_json(task, raw)
+        return PaperTaskData.from_json(task, raw, study.config.prompts)
 
     def fit_heads(self, study, progress: bool) -> dict[str, torch.Tensor]:
         return {}  # rank classification needs no heads
@@ -118,7 +118,9 @@ class Seq2Seq:
         return Seq2SeqTrainConfig(tasks=tasks, mode=c.mode, batch_size=c.batch_size, lr=c.lr, weight_decay=c.weight_decay,
                                   warmup=c.warmup, max_len=c.max_len, seed=study.seed, autocast=c.autocast,
                                   threads=threads_setting(c.threads),
-                                  model_path=c.model_path, max_target_len=c.max_target_len)
+                                  model_path=c.model_path, max_target_len=c.max_target_len, templates=c.templates,
+                                  schedule=c.schedule, grad_accum=c.grad_accum, eval_every=c.eval_every,
+                                  patience=c.patience, eval_at_start=c.eval_at_start, eval_batch_size=c.eval_batch_size)
 
     def trainer(self):
         from .seq2seq import finetune
@@ -147,7 +149,7 @@ class Seq2Seq:
 
         c = study.config
         return RankEvaluator(c.model_path, study.data(), c.max_len, c.max_target_len, c.eval_batch_size, c.autocast,
-                             progress=False)
+                             progress=False, templates=c.templates)
 
     def statistic(self, study, kind: str, task: str, progress: bool) -> dict[str, torch.Tensor]:
         from . import seq2seq

@@ -3,11 +3,12 @@
 
 Rank classification, as the original: an example is an input, a list of answer choices and the
 label; a choice's score is the sum of its tokens' log-probabilities under the model given the
-input (no length normalisation); the prediction is the best-scoring choice. With several prompt
-templates per dataset, the accuracy of a dataset is the median over its templates (the original's
-``--multiple_prompts``), and the spread over templates is reported beside it. The encoder runs
-once per input; all of an input's choices are scored in one decoder pass. bf16 autocast on CUDA,
-float32 on CPU (``autocast`` in the study's settings).
+input (no length normalisation); the prediction is the best-scoring choice. The original's T5 runs
+use template 0 to train and evaluate (``templates: first``); its (IA)³ runs train on every example
+under every template and report a dataset's accuracy as the median over its templates
+(``templates: all``, the original's ``--multiple_prompts``), with the spread over templates beside
+it. The encoder runs once per input; all of an input's choices are scored in one decoder pass.
+bf16 autocast on CUDA, float32 on CPU (``autocast`` in the study's settings).
 """
 
 from __future__ import annotations
@@ -128,11 +129,18 @@ def rank_accuracy(model, tok, examples: Sequence[RankExample], **kw) -> float:
     return sum(p == x.label for p, x in zip(preds, examples)) / max(1, len(examples))
 
 
+def template_indices(d: PaperTaskData, templates: str) -> list[int]:
+    """``first``: template 0 alone (the original's T5 runs); ``all``: every template (its (IA)³ runs)."""
+    return [0] if templates == "first" else list(range(len(d.prompts)))
+
+
 class RankEvaluator:
-    """Accuracy of any model state on any dataset: the median over the dataset's templates."""
+    """Accuracy of any model state on any dataset: template 0's, or the median over the
+    dataset's templates (``templates: all``)."""
 
     def __init__(self, model_path: str, data: Mapping[str, PaperTaskData], max_input_len: int = 256,
-                 max_target_len: int = 32, batch_size: int = 16, autocast: str = "auto", progress: bool = True):
+                 max_target_len: int = 32, batch_size: int = 16, autocast: str = "auto", progress: bool = True,
+                 templates: str = "all"):
         self.data = dict(data)
         dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model, self.tok = load_seq2seq(model_path, dev)
@@ -140,16 +148,22 @@ class RankEvaluator:
         self.bf16 = resolve_autocast(autocast, dev) and dev.type == "cuda"  # fp32 on CPU, as the original
         self.kw = dict(batch_size=batch_size, max_input_len=max_input_len, max_target_len=max_target_len, bf16=self.bf16)
         self.progress = progress
+        self.templates = templates
         self.last_spread: dict[tuple[str, str], list[float]] = {}
 
     def _load(self, state):
-        self.model.load_state_dict(state if state is not None else self.pretrained, strict=False)
+        # a state the model does not know (e.g. (IA)³ vectors not folded into the weights) must not
+        # be dropped silently: load_state_dict(strict=False) would evaluate the pretrained model
+        result = self.model.load_state_dict(state if state is not None else self.pretrained, strict=False)
+        if result.unexpected_keys:
+            raise TiesnbError(f"the state to evaluate has {len(result.unexpected_keys)} entries the model lacks, e.g. "
+                              f"{result.unexpected_keys[0]!r}: (IA)³ vectors must be folded into the weights first")
         self.model.eval()
 
     def template_accuracies(self, state, task: str, split: str) -> list[float]:
         self._load(state)
         d = self.data[task]
-        accs = [rank_accuracy(self.model, self.tok, d.examples(split, t), **self.kw) for t in range(len(d.templates))]
+        accs = [rank_accuracy(self.model, self.tok, d.examples(split, t), **self.kw) for t in template_indices(d, self.templates)]
         self.last_spread[(task, split)] = accs
         return accs
 
@@ -165,7 +179,7 @@ class RankEvaluator:
         self._load(state)
         d = self.data[task]
         preds, correct = [], []
-        for t in range(len(d.templates)):
+        for t in template_indices(d, self.templates):
             examples = d.examples(split, t)
             p = np.asarray(rank_predictions(self.model, self.tok, examples, **self.kw))
             preds.append(p)
@@ -183,27 +197,92 @@ class RankEvaluator:
 
 @dataclass
 class Seq2SeqTrainConfig(TrainConfig):
-    """A :class:`TrainConfig` for a seq2seq model: the model to start from and target length."""
+    """A :class:`TrainConfig` for a seq2seq model, with the original's recipe as switches:
+    ``schedule`` constant or linear, gradient accumulation, validation every ``eval_every``
+    optimiser steps with early stopping after ``patience`` evaluations without improvement (the
+    best state is returned), template 0 or every template (``templates``)."""
 
     model_path: str = ""
     max_target_len: int = 32
+    templates: str = "all"  # first | all
+    schedule: str = "linear"  # linear | constant
+    grad_accum: int = 1
+    eval_every: int = 0
+    patience: int = 0
+    eval_at_start: bool = False
+    eval_batch_size: int = 16
+
+    def check(self) -> None:
+        super().check()
+        if self.templates not in ("first", "all") or self.schedule not in ("linear", "constant"):
+            raise TiesnbError(f"templates must be first or all and schedule linear or constant, got "
+                              f"{self.templates!r}, {self.schedule!r}")
+        if self.grad_accum < 1 or self.eval_every < 0 or self.patience < 0:
+            raise TiesnbError("grad_accum must be >= 1, eval_every and patience >= 0")
 
 
-def _target_batch(data: Mapping[str, PaperTaskData], picks, gen: torch.Generator):
-    """Examples for the picked records, each under a template drawn at random."""
-    out = []
-    for task, rec in picks:
-        templates = data[task].templates
-        ex = templates[int(torch.randint(len(templates), (1,), generator=gen))](rec)
-        out.append((ex.input, ex.choices[ex.label]))
-    return out
+def lr_factor(step: int, cfg: Seq2SeqTrainConfig) -> float:
+    """The learning rate's multiplier at optimiser step ``step`` (0-based)."""
+    if cfg.schedule == "constant":
+        return 1.0
+    from .train import _schedule
+
+    return _schedule(step, cfg)
+
+
+def training_items(cfg: Seq2SeqTrainConfig, data: Mapping[str, PaperTaskData]) -> list[tuple[str, int, int]]:
+    """(task, record, template) of every training example: each record with template 0, or with
+    every template (the original's ``train_template_idx`` 0 and −2); tasks concatenated (the
+    original's mixture: examples-proportional)."""
+    return [(t, i, k) for t in cfg.tasks for i in range(len(data[t].train))
+            for k in template_indices(data[t], cfg.templates)]
+
+
+class ItemStream:
+    """A seeded stream of training items in epochs of permutations. Every process draws the same
+    global micro-batch of ``batch_size × processes`` items and keeps its own slice of it, so
+    processes see different examples and together see what one process with the whole batch
+    would."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.gen, self.order = n, torch.Generator().manual_seed(seed), []
+
+    def take(self, count: int) -> list[int]:
+        out = []
+        while len(out) < count:
+            if not self.order:
+                self.order = torch.randperm(self.n, generator=self.gen).tolist()
+            out.append(self.order.pop())
+        return out
+
+
+def validation_score(model, tok, cfg: Seq2SeqTrainConfig, data: Mapping[str, PaperTaskData], bf16: bool) -> float:
+    """The mean over the tasks of their validation accuracy (median over the templates): what the
+    original selects checkpoints by."""
+    was_training = model.training
+    model.eval()
+    accs = []
+    for t in cfg.tasks:
+        d = data[t]
+        per = [rank_accuracy(model, tok, d.examples("val", k), batch_size=cfg.eval_batch_size, max_input_len=cfg.max_len,
+                             max_target_len=cfg.max_target_len, bf16=bf16) for k in template_indices(d, cfg.templates)]
+        accs.append(statistics.median(per))
+    model.train(was_training)
+    return sum(accs) / len(accs)
 
 
 def finetune(cfg: Seq2SeqTrainConfig, data: Mapping[str, PaperTaskData], heads_state=None, progress: bool = True,
-             history: list | None = None) -> dict[str, torch.Tensor]:
+             history: list | None = None, trace: dict | None = None) -> dict[str, torch.Tensor]:
     """Full fine-tuning or (IA)³ of a T5-style model on ``cfg.tasks`` (cross-entropy of the right
-    answer), through ``accelerate``: one GPU, several (``accelerate launch``) or CPU, unchanged."""
+    answer) through ``accelerate``: CPU, one GPU or several (``accelerate launch``), the same
+    recipe: the data sharded across processes, the optimiser stepping once per ``grad_accum``
+    micro-batches (gradients synchronised on the last), the learning rate schedule stepped once per
+    optimiser step. ``trace``, if given, receives per optimiser step the learning rate, and this
+    process's example ids and validation scores."""
+    from contextlib import nullcontext
+
     from accelerate import Accelerator
+    from accelerate.utils import broadcast_object_list
 
     cfg.check()
     if not cfg.model_path:
@@ -219,41 +298,76 @@ def finetune(cfg: Seq2SeqTrainConfig, data: Mapping[str, PaperTaskData], heads_s
         model = get_peft_model(model, IA3Config(target_modules=T5_IA3_TARGETS, feedforward_modules=T5_IA3_FEEDFORWARD))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    warm = int(cfg.warmup * cfg.steps)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / warm if s < warm else max(0.0, (cfg.steps - s) / max(1, cfg.steps - warm)))
-    model, opt, sched = acc.prepare(model, opt, sched)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    orders = {t: [] for t in cfg.tasks}
+    # stepped by hand once per optimiser step: accelerate's wrapped scheduler steps once per process
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
+    model, opt = acc.prepare(model, opt)
+    items = training_items(cfg, data)
+    stream = ItemStream(len(items), cfg.seed)
+    rank, world = acc.process_index, acc.num_processes
 
-    def draw(task):
-        if not orders[task]:
-            orders[task] = torch.randperm(len(data[task].train), generator=gen).tolist()
-        return data[task].train[orders[task].pop()]
+    def state_now() -> dict[str, torch.Tensor]:
+        m = acc.unwrap_model(model)
+        if cfg.mode == "ia3":
+            from .train import ia3_state
 
+            return ia3_state(m)
+        return {k: v.detach().to("cpu", copy=True) for k, v in m.state_dict().items()}
+
+    def score_now() -> float:
+        s = [validation_score(acc.unwrap_model(model), tok, cfg, data, bf16)]
+        if world > 1:  # every process decides on the first one's score: the same stop everywhere
+            broadcast_object_list(s, from_process=0)
+        return s[0]
+
+    best_score, best_state, waited = float("-inf"), None, 0
+    if cfg.eval_every and cfg.eval_at_start:
+        best_score = score_now()  # the bar: a state is kept only if it beats the pretrained model
+    if trace is not None:
+        trace.update(lr=[], items=[], val=[] if not cfg.eval_every else ([best_score] if cfg.eval_at_start else []))
     model.train()
-    bar = progress_.bar(range(cfg.steps), desc=f"train {'+'.join(cfg.tasks) if len(cfg.tasks) < 3 else 'multitask'} ({cfg.mode}, seed {cfg.seed})",
+    name = "+".join(cfg.tasks) if len(cfg.tasks) < 3 else "multitask"
+    bar = progress_.bar(range(cfg.steps), desc=f"train {name} ({cfg.mode}, seed {cfg.seed})",
                         disable=not progress or not acc.is_local_main_process)
     for step in bar:
-        which = torch.randint(len(cfg.tasks), (cfg.batch_size,), generator=gen).tolist()
-        pairs = _target_batch(data, [(cfg.tasks[w], draw(cfg.tasks[w])) for w in which], gen)
-        enc = tok([a for a, _ in pairs], truncation=True, max_length=cfg.max_len, padding=True, return_tensors="pt")
-        tgt = tok([b for _, b in pairs], truncation=True, max_length=cfg.max_target_len, padding=True, return_tensors="pt")
-        labels = tgt.input_ids.masked_fill(tgt.attention_mask == 0, -100)
-        with acc.autocast():
-            loss = model(input_ids=enc.input_ids.to(acc.device), attention_mask=enc.attention_mask.to(acc.device),
-                         labels=labels.to(acc.device)).loss
-        acc.backward(loss)
+        total = 0.0
+        for micro in range(cfg.grad_accum):
+            picks = stream.take(cfg.batch_size * world)[rank * cfg.batch_size:(rank + 1) * cfg.batch_size]
+            pairs = []
+            for j in picks:
+                task, i, k = items[j]
+                ex = data[task].example(data[task].train[i], k)
+                pairs.append((ex.input, ex.choices[ex.label]))
+            if trace is not None:
+                trace["items"].append(picks)
+            enc = tok([a for a, _ in pairs], truncation=True, max_length=cfg.max_len, padding=True, return_tensors="pt")
+            tgt = tok([b for _, b in pairs], truncation=True, max_length=cfg.max_target_len, padding=True, return_tensors="pt")
+            labels = tgt.input_ids.masked_fill(tgt.attention_mask == 0, -100)
+            sync = nullcontext() if micro == cfg.grad_accum - 1 or world == 1 else acc.no_sync(model)
+            with sync:
+                with acc.autocast():
+                    loss = model(input_ids=enc.input_ids.to(acc.device), attention_mask=enc.attention_mask.to(acc.device),
+                                 labels=labels.to(acc.device)).loss / cfg.grad_accum
+                acc.backward(loss)
+            total = total + loss.detach()
+        if trace is not None:
+            trace["lr"].append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        record_step(loss, step, cfg, bar, history)
-    model = acc.unwrap_model(model)
-    if cfg.mode == "ia3":
-        from .train import ia3_state
-
-        return ia3_state(model)
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        record_step(total, step, cfg, bar, history)
+        if cfg.eval_every and (step + 1) % cfg.eval_every == 0:
+            score = score_now()
+            if trace is not None:
+                trace["val"].append(score)
+            if score > best_score:
+                best_score, best_state, waited = score, state_now(), 0
+            else:
+                waited += 1
+                if cfg.patience and waited >= cfg.patience:
+                    break
+    if cfg.eval_every and best_state is not None:
+        return best_state
+    return state_now()
 
 
 # ----------------------------------------------------------------------------------------------

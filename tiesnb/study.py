@@ -53,7 +53,10 @@ class StudyConfig:
     data_dir: str = ""  # seq2seq: local copies <dataset>/<split>.jsonl (default: the hub or its cache)
     story_cloze_dir: str = ""  # seq2seq: the manually downloaded Story Cloze folder
     split_seed: int = 0  # the shuffle that draws the splits (seq2seq: the original's 42); fixed across seeds
-    max_target_len: int = 32  # seq2seq: tokens of an answer choice
+    max_target_len: int = 32  # seq2seq: tokens of an answer choice (the original: max_len)
+    prompts: str = "promptsource"  # seq2seq: promptsource (the original's templates) | tiesnb (three of our own)
+    templates: str = "first"  # seq2seq: first (T5: template 0 to train and evaluate) | all (IA3: train on
+    #   example × template, accuracy = median over templates)
     seeds: list[int] = field(default_factory=lambda: [0])  # training seeds: every model is trained once per seed
     # data: examples per split and task (validation and test class-balanced)
     n_train: int = 2000
@@ -77,6 +80,12 @@ class StudyConfig:
     warmup: float = 0.1
     train_embeddings: bool = False  # train (and merge) the embedding tables too, as full fine-tuning does
     sparse_embeddings: bool = True  # with train_embeddings: word-embedding rows updated sparsely (lazy Adam)
+    # seq2seq training recipe (the original's: constant lr, gradient accumulation, early stopping)
+    schedule: str = "linear"  # linear (warm-up, then decay to 0) | constant
+    grad_accum: int = 1  # micro-batches per optimiser step (effective batch = batch_size × grad_accum × processes)
+    eval_every: int = 0  # optimiser steps between validation evaluations (0: none; the last state is kept)
+    patience: int = 0  # stop after this many evaluations without improvement (0: never); the best state is kept
+    eval_at_start: bool = False  # evaluate before training: the pretrained score is the bar to beat
     # statistics for the Fisher and RegMean baselines
     fisher_examples: int = 64
     gram_examples: int = 256
@@ -166,6 +175,16 @@ class Study:
         self.config = c = config
         if c.mode not in ("full", "ia3"):
             raise TiesnbError(f"study {c.name}: mode must be full or ia3, got {c.mode!r}")
+        for key, valid in (("prompts", ("promptsource", "tiesnb")), ("templates", ("first", "all")),
+                           ("schedule", ("linear", "constant"))):
+            if getattr(c, key) not in valid:
+                raise TiesnbError(f"study {c.name}: {key} must be one of {', '.join(valid)}, got {getattr(c, key)!r}")
+        for key in ("grad_accum",):
+            if getattr(c, key) < 1:
+                raise TiesnbError(f"study {c.name}: {key} must be at least 1, got {getattr(c, key)}")
+        for key in ("eval_every", "patience", "n_train", "n_test"):
+            if getattr(c, key) < 0:
+                raise TiesnbError(f"study {c.name}: {key} must be >= 0, got {getattr(c, key)}")
         if not c.seeds or len(set(c.seeds)) != len(c.seeds):
             raise TiesnbError(f"study {c.name}: seeds must be a non-empty list of distinct integers, got {c.seeds}")
         self.seed = c.seeds[0] if seed is None else seed
@@ -230,7 +249,7 @@ class Study:
             for task in self.tasks:
                 path = self.run_dir / "data" / f"{task}-{key}.json"
                 if path.exists():
-                    data[task] = self.family.task_data(task, json.loads(path.read_text()))
+                    data[task] = self.family.task_data(self, task, json.loads(path.read_text()))
                 else:
                     d = data[task] = self.family.load_task(self, task)
                     write_json(path, d.to_json())
