@@ -427,3 +427,15 @@ def test_a_template_change_invalidates_cached_accuracies(fixtures, tmp_path, mon
     monkeypatch.setitem(paper.TIESNB_PROMPTS, "rte", (changed, *old[1:]))
     Study.load("tiny-cache").evaluate_checkpoint(None, ["rte"], "val", "zero-shot")
     assert len(cached()) == 2  # a new key: computed again with the edited template
+
+
+def test_seq2seq_settings_are_refused_elsewhere_and_checked():
+    from tiesnb.study import Study, StudyConfig
+
+    with pytest.raises(TiesnbError, match="'patience' applies to model: seq2seq only"):
+        Study(StudyConfig(name="x", tasks=["bbc"], patience=3))
+    for key, bad, msg in [("schedule", "cosine", "schedule must be one of linear, constant"),
+                          ("templates", "some", "templates must be one of first, all"),
+                          ("grad_accum", 0, "grad_accum must be at least 1"), ("eval_every", -1, "eval_every must be >= 0")]:
+        with pytest.raises(TiesnbError, match=msg):
+            Study(StudyConfig(name="x", tasks=["rte"], model="seq2seq", **{key: bad}))

@@ -93,6 +93,9 @@ class StudyConfig:
     figures_dir: str = "figures"
 
 
+SEQ2SEQ_ONLY = ("model_path", "data_dir", "story_cloze_dir", "max_target_len", "prompts", "templates", "schedule",
+                "grad_accum", "eval_every", "patience", "eval_at_start")
+
 EVAL_CODE = ["evaluate.py", "models.py", "seq2seq.py", "train.py", "families.py", "merge/*.py", "data/*.py"]
 
 
@@ -175,6 +178,12 @@ class Study:
         self.config = c = config
         if c.mode not in ("full", "ia3"):
             raise TiesnbError(f"study {c.name}: mode must be full or ia3, got {c.mode!r}")
+        if c.model != "seq2seq":  # a seq2seq setting in another family's study would be ignored: say so
+            defaults = StudyConfig(name="", tasks=[])
+            for key in SEQ2SEQ_ONLY:
+                if getattr(c, key) != getattr(defaults, key):
+                    raise TiesnbError(f"study {c.name}: '{key}' applies to model: seq2seq only (this study's model is "
+                                      f"{c.model})")
         for key, valid in (("prompts", ("promptsource", "tiesnb")), ("templates", ("first", "all")),
                            ("schedule", ("linear", "constant"))):
             if getattr(c, key) not in valid:
