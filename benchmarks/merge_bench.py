@@ -13,6 +13,8 @@ Warms the page cache, then runs each configuration as its own process and measur
 process: wall time and peak RSS (``wait4``). Baselines, in the same run:
 
 * **floor**: read every input tensor once with the official safetensors library and sum it;
+* **floor + write**: the same, then write one checkpoint of the base's size as every merge must
+  (safetensors, to a temporary file, fsync, rename — what tiesnb's writer does);
 * **in-memory original**: the original TIES algorithm, every model flattened into memory
   (``tiesnb.merge.reference``), skipped when it would not fit in RAM.
 
@@ -113,6 +115,22 @@ def child_floor(base: str, models: list[str]) -> None:
     print(float(total))
 
 
+def child_floor_write(base: str, models: list[str], out: str) -> None:
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    child_floor(base, models)
+    with safe_open(base, framework="pt") as f:
+        state = {k: f.get_tensor(k).clone() for k in f.keys()}  # a merged model's worth of fresh memory
+    tmp = out + ".tmp"
+    save_file(state, tmp)
+    fd = os.open(tmp, os.O_RDONLY)
+    os.fsync(fd)
+    os.close(fd)
+    os.replace(tmp, out)
+
+
 def child_original(base: str, models: list[str], out: str) -> None:
     from safetensors.torch import load_file, save_file
 
@@ -151,13 +169,15 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "performance.md")
     ap.add_argument("--no-original", action="store_true", help="skip the in-memory original")
     ap.add_argument("--dtype", choices=list(ITEMSIZE), default="float32", help="dtype of the checkpoints")
-    ap.add_argument("--child", choices=["floor", "original", "generate"], help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=["floor", "floor-write", "original", "generate"], help=argparse.SUPPRESS)
     ap.add_argument("--base", help=argparse.SUPPRESS)
     ap.add_argument("--inputs", nargs="*", help=argparse.SUPPRESS)
     ap.add_argument("--dest", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child == "floor":
         return child_floor(args.base, args.inputs)
+    if args.child == "floor-write":
+        return child_floor_write(args.base, args.inputs, args.dest)
     if args.child == "original":
         return child_original(args.base, args.inputs, args.dest)
     if args.child == "generate":
@@ -188,6 +208,9 @@ def main() -> None:
     }
     commands: dict[str, list[str]] = {
         "floor: read every input once": [py, __file__, "--child", "floor", "--base", str(base), "--inputs", *map(str, models)],
+        "floor + write: read every input once, write one checkpoint": [
+            py, __file__, "--child", "floor-write", "--base", str(base), "--inputs", *map(str, models),
+            "--dest", str(work / "floor-write.safetensors")],
     }
     for label, (method, params) in configs.items():
         cfg = work / f"{method}-{len(commands)}.yaml"
@@ -216,14 +239,15 @@ def main() -> None:
 
     ta = results["task arithmetic"][0]
     floor = results["floor: read every input once"][0]
+    floor_w = results["floor + write: read every input once, write one checkpoint"][0]
     lines = [
-        f"| configuration | wall time (s) | × task arithmetic | × floor | peak RSS (MiB) |",
-        "|---|---:|---:|---:|---:|",
+        f"| configuration | wall time (s) | × task arithmetic | × floor | × floor + write | peak RSS (MiB) |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for label, (wall, rss) in results.items():
-        lines.append(f"| {label} | {wall:.2f} | {wall / ta:.2f} | {wall / floor:.2f} | {rss:.0f} |")
+        lines.append(f"| {label} | {wall:.2f} | {wall / ta:.2f} | {wall / floor:.2f} | {wall / floor_w:.2f} | {rss:.0f} |")
     if skipped:
-        lines.append(f"| in-memory original algorithm (global trim) | {skipped} | | | |")
+        lines.append(f"| in-memory original algorithm (global trim) | {skipped} | | | | |")
     table = "\n".join(lines)
     cmdline = (f"python benchmarks/merge_bench.py --size-mb {args.size_mb:g} --models {args.models} --repeats {args.repeats}"
                + ("" if args.dtype == "float32" else f" --dtype {args.dtype}"))

@@ -200,7 +200,9 @@ class Seq2SeqTrainConfig(TrainConfig):
     """A :class:`TrainConfig` for a seq2seq model, with the original's recipe as switches:
     ``schedule`` constant or linear, gradient accumulation, validation every ``eval_every``
     optimiser steps with early stopping after ``patience`` evaluations without improvement (the
-    best state is returned), template 0 or every template (``templates``)."""
+    best state is returned; with ``eval_at_start``, a state must beat the pretrained model's score
+    to be kept, and if none does the last state is returned), template 0 or every template
+    (``templates``)."""
 
     model_path: str = ""
     max_target_len: int = 32
