@@ -439,3 +439,22 @@ def test_seq2seq_settings_are_refused_elsewhere_and_checked():
                           ("grad_accum", 0, "grad_accum must be at least 1"), ("eval_every", -1, "eval_every must be >= 0")]:
         with pytest.raises(TiesnbError, match=msg):
             Study(StudyConfig(name="x", tasks=["rte"], model="seq2seq", **{key: bad}))
+
+
+def test_training_examples_are_the_originals_pool(fixtures):
+    """Per dataset: template 0 alone, or every template's pass over the records, shuffled with
+    random.Random(4) and cut at max_datapoints_per_dataset; datasets concatenated."""
+    import random
+
+    _, data, _ = fixtures
+    d = {"cb": _load(data, "cb"), "rte": _load(data, "rte")}  # 10 records each; 15 and 10 templates
+    cfg = seq2seq.Seq2SeqTrainConfig(tasks=["cb", "rte"], templates="all", max_per_dataset=40)
+    items = seq2seq.training_items(cfg, d)
+    expected = []
+    for t, n_templates in (("cb", 15), ("rte", 10)):
+        pool = [(t, i, k) for k in range(n_templates) for i in range(10)]
+        random.Random(4).shuffle(pool)
+        expected += pool[:40]
+    assert items == expected
+    first = seq2seq.training_items(seq2seq.Seq2SeqTrainConfig(tasks=["rte"], templates="first", max_per_dataset=0), d)
+    assert sorted(first) == [("rte", i, 0) for i in range(10)]

@@ -120,7 +120,8 @@ class Seq2Seq:
                                   threads=threads_setting(c.threads),
                                   model_path=c.model_path, max_target_len=c.max_target_len, templates=c.templates,
                                   schedule=c.schedule, grad_accum=c.grad_accum, eval_every=c.eval_every,
-                                  patience=c.patience, eval_at_start=c.eval_at_start, eval_batch_size=c.eval_batch_size)
+                                  patience=c.patience, eval_at_start=c.eval_at_start, eval_batch_size=c.eval_batch_size,
+                                  max_per_dataset=c.max_per_dataset)
 
     def trainer(self):
         from .seq2seq import finetune

@@ -213,6 +213,7 @@ class Seq2SeqTrainConfig(TrainConfig):
     patience: int = 0
     eval_at_start: bool = False
     eval_batch_size: int = 16
+    max_per_dataset: int = 500000  # training examples (record × template) kept per dataset; 0: all
 
     def check(self) -> None:
         super().check()
@@ -233,11 +234,19 @@ def lr_factor(step: int, cfg: Seq2SeqTrainConfig) -> float:
 
 
 def training_items(cfg: Seq2SeqTrainConfig, data: Mapping[str, PaperTaskData]) -> list[tuple[str, int, int]]:
-    """(task, record, template) of every training example: each record with template 0, or with
-    every template (the original's ``train_template_idx`` 0 and −2); tasks concatenated (the
-    original's mixture: examples-proportional)."""
-    return [(t, i, k) for t in cfg.tasks for i in range(len(data[t].train))
-            for k in template_indices(data[t], cfg.templates)]
+    """(task, record, template) of every training example, per dataset as the original builds
+    them: each record with template 0, or every template's pass over the records (its
+    ``train_template_idx`` 0 and −2), shuffled with ``random.Random(4)`` and cut at
+    ``max_per_dataset`` (its ``max_datapoints_per_dataset``); datasets concatenated (its mixture:
+    examples-proportional)."""
+    import random
+
+    items = []
+    for t in cfg.tasks:
+        own = [(t, i, k) for k in template_indices(data[t], cfg.templates) for i in range(len(data[t].train))]
+        random.Random(4).shuffle(own)
+        items += own[:cfg.max_per_dataset] if cfg.max_per_dataset > 0 else own
+    return items
 
 
 class ItemStream:

@@ -86,6 +86,7 @@ class StudyConfig:
     eval_every: int = 0  # optimiser steps between validation evaluations (0: none; the last state is kept)
     patience: int = 0  # stop after this many evaluations without improvement (0: never); the best state is kept
     eval_at_start: bool = False  # evaluate before training: the pretrained score is the bar to beat
+    max_per_dataset: int = 500000  # training examples (record × template) per dataset, the original's cap; 0: all
     # statistics for the Fisher and RegMean baselines
     fisher_examples: int = 64
     gram_examples: int = 256
@@ -94,7 +95,7 @@ class StudyConfig:
 
 
 SEQ2SEQ_ONLY = ("model_path", "data_dir", "story_cloze_dir", "max_target_len", "prompts", "templates", "schedule",
-                "grad_accum", "eval_every", "patience", "eval_at_start")
+                "grad_accum", "eval_every", "patience", "eval_at_start", "max_per_dataset")
 
 EVAL_CODE = ["evaluate.py", "models.py", "seq2seq.py", "train.py", "families.py", "merge/*.py", "data/*.py"]
 
@@ -191,7 +192,7 @@ class Study:
         for key in ("grad_accum",):
             if getattr(c, key) < 1:
                 raise TiesnbError(f"study {c.name}: {key} must be at least 1, got {getattr(c, key)}")
-        for key in ("eval_every", "patience", "n_train", "n_test"):
+        for key in ("eval_every", "patience", "n_train", "n_test", "max_per_dataset"):
             if getattr(c, key) < 0:
                 raise TiesnbError(f"study {c.name}: {key} must be >= 0, got {getattr(c, key)}")
         if not c.seeds or len(set(c.seeds)) != len(c.seeds):
