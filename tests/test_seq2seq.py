@@ -458,3 +458,15 @@ def test_training_examples_are_the_originals_pool(fixtures):
     assert items == expected
     first = seq2seq.training_items(seq2seq.Seq2SeqTrainConfig(tasks=["rte"], templates="first", max_per_dataset=0), d)
     assert sorted(first) == [("rte", i, 0) for i in range(10)]
+
+
+def test_legacy_model_names_resolve_to_todays_ids(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    seq2seq._load.cache_clear()
+    with pytest.raises(TiesnbError, match="cannot load the seq2seq model 'google-t5/t5-base'"):
+        seq2seq.load_seq2seq("t5-base")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "t5-base").mkdir()  # a local folder of that name is read as a folder
+    with pytest.raises(TiesnbError, match="cannot load the seq2seq model 't5-base'"):
+        seq2seq.load_seq2seq("t5-base")
+    seq2seq._load.cache_clear()

@@ -40,13 +40,16 @@ T5_IA3_FEEDFORWARD = ["wo"]
 def _load(model_path: str):
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
+    from .data.paper import MODEL_IDS
     from .models import _quiet_transformers
 
+    if not Path(model_path).exists():  # a legacy hub name ("t5-base") → today's id; a local folder stays
+        model_path = MODEL_IDS.get(model_path, model_path)
     _quiet_transformers()
     try:
         tok = AutoTokenizer.from_pretrained(model_path)
         model = AutoModelForSeq2SeqLM.from_pretrained(model_path)
-    except OSError as e:
+    except (OSError, ValueError) as e:  # no such id / no hub / a folder without a model or tokenizer
         raise TiesnbError(f"cannot load the seq2seq model {model_path!r} (a local folder, or a hub name with the hub "
                           f"reachable): {str(e).splitlines()[0][:200]}") from None
     return model, tok

@@ -124,7 +124,7 @@ MIXTURES = {
 }
 
 # models as they are named on the hub today
-MODEL_IDS = {"t5-base": "google-t5/t5-base", "t5-large": "google-t5/t5-large", "T0_3B": "bigscience/T0_3B"}
+MODEL_IDS = {f"t5-{size}": f"google-t5/t5-{size}" for size in ("small", "base", "large", "3b", "11b")}
 
 
 def _spec(name: str) -> PaperDataset:
