@@ -23,7 +23,6 @@ import hashlib
 import io
 import json
 import lzma
-import random
 import tarfile
 import zipfile
 from dataclasses import dataclass, field
@@ -36,7 +35,7 @@ from .. import paths
 from ..errors import TiesnbError
 from ..io import atomic_path
 from .assets import asset_path
-from .tasks import _balanced_take
+from .tasks import balanced_splits
 
 SIZE = 32
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -222,21 +221,11 @@ def load_image_task(name: str, n_train: int, n_val: int, n_test: int, seed: int 
     if len(keep) < n_val + n_test + 1:
         raise TiesnbError(f"image task {name} has {len(keep)} distinct images, too few for {n_test} test + {n_val} "
                           f"validation + training images: lower n_test / n_val")
-    rng = random.Random(f"tiesnb:{name}:{seed}")
-    pools = [[] for _ in spec.classes]
-    for i in keep:
-        pools[remap[int(labels[i])]].append(i)
-    for p in pools:
-        rng.shuffle(p)
-    test = _balanced_take(pools, n_test)
-    val = _balanced_take(pools, n_val)
-    rest = [i for p in pools for i in p]
-    rng.shuffle(rest)
-    for part in (test, val):
-        rng.shuffle(part)
-    y_all = np.asarray([remap.get(int(v), -1) for v in labels.tolist()], dtype=np.int64)
-    pick = lambda idx: (images[idx], y_all[idx])  # noqa: E731
-    data = ImageTaskData(name, spec.labels, pick(rest[:n_train]), pick(val), pick(test))
+    keep = np.asarray(keep)
+    y = np.asarray([remap[int(v)] for v in labels[keep]], dtype=np.int64)
+    train, val, test = balanced_splits(y.tolist(), len(spec.classes), n_train, n_val, n_test, f"tiesnb:{name}:{seed}")
+    pick = lambda idx: (images[keep[idx]], y[idx])  # noqa: E731
+    data = ImageTaskData(name, spec.labels, pick(train), pick(val), pick(test))
     h = hashlib.sha256()
     for x, y in (data.train, data.val, data.test):
         h.update(x.tobytes())

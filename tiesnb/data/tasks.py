@@ -179,6 +179,26 @@ def _balanced_take(pools: list[list[int]], n: int) -> list[int]:
     return out
 
 
+def balanced_splits(labels: list[int], n_classes: int, n_train: int, n_val: int, n_test: int,
+                    seed: str) -> tuple[list[int], list[int], list[int]]:
+    """Indices of train, validation and test: test and validation drawn class-balanced (as far as
+    the classes allow), the rest shuffled into train (up to ``n_train``), all with a generator
+    seeded by ``seed``. Shared by the text and image tasks."""
+    rng = random.Random(seed)
+    pools = [[] for _ in range(n_classes)]
+    for i, y in enumerate(labels):
+        pools[y].append(i)
+    for p in pools:
+        rng.shuffle(p)
+    test = _balanced_take(pools, n_test)
+    val = _balanced_take(pools, n_val)
+    rest = [i for p in pools for i in p]
+    rng.shuffle(rest)
+    rng.shuffle(test)
+    rng.shuffle(val)
+    return rest[:n_train], val, test
+
+
 def load_task(name: str, n_train: int, n_val: int, n_test: int, seed: int = 0) -> TaskData:
     """The task's splits: ``n_test`` and ``n_val`` examples class-balanced, up to ``n_train`` for
     training; an error naming the task if the source cannot fill them."""
@@ -187,19 +207,8 @@ def load_task(name: str, n_train: int, n_val: int, n_test: int, seed: int = 0) -
     if len(examples) < n_val + n_test + 1:
         raise TiesnbError(f"task {name} has {len(examples)} distinct examples, too few for {n_test} test + {n_val} "
                           f"validation + training examples: lower n_test / n_val in the parameter file")
-    rng = random.Random(f"tiesnb:{name}:{seed}")
-    pools = [[] for _ in spec.labels]
-    for i, ex in enumerate(examples):
-        pools[ex.label].append(i)
-    for p in pools:
-        rng.shuffle(p)
-    test = _balanced_take(pools, n_test)
-    val = _balanced_take(pools, n_val)
-    rest = [i for p in pools for i in p]
-    rng.shuffle(rest)
-    train = rest[:n_train]
-    rng.shuffle(test)
-    rng.shuffle(val)
+    train, val, test = balanced_splits([ex.label for ex in examples], len(spec.labels), n_train, n_val, n_test,
+                                       f"tiesnb:{name}:{seed}")
     pick = lambda idx: [examples[i] for i in idx]  # noqa: E731
     data = TaskData(name, spec.labels, pick(train), pick(val), pick(test))
     h = hashlib.sha256()
