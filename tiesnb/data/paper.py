@@ -389,7 +389,8 @@ def load_paper_task(name: str, n_train: int = 0, n_val: int = 32, n_test: int = 
     number of validation examples cut from a shared split (the original's 32)."""
     spec = _spec(name)
     train = records(name, spec.train, data_dir, story_cloze_dir)
-    shuffled = records(name, spec.validation, data_dir, story_cloze_dir)
+    validation = records(name, spec.validation, data_dir, story_cloze_dir)
+    shuffled = list(validation)
     random.Random(seed).shuffle(shuffled)  # the original: random.seed(42); random.shuffle(...)
     if spec.test is None:  # cut validation and test from one split
         if len(shuffled) <= n_val:
@@ -399,7 +400,7 @@ def load_paper_task(name: str, n_train: int = 0, n_val: int = 32, n_test: int = 
     elif name.startswith("anli"):
         val, test = shuffled[:n_val], records(name, spec.test, data_dir, story_cloze_dir)
     else:  # PAWS, WikiQA, QuaRTz: the whole validation split, in its order, and the test split
-        val, test = records(name, spec.validation, data_dir, story_cloze_dir), records(name, spec.test, data_dir, story_cloze_dir)
+        val, test = validation, records(name, spec.test, data_dir, story_cloze_dir)
     if n_train > 0:
         train = train[:n_train]
     if n_test > 0:
@@ -453,7 +454,7 @@ def convert_story_cloze(csv_dir: str | Path, out_dir: str | Path) -> dict[str, P
     if missing:
         raise TiesnbError(f"story-cloze: no 2016 {' or '.join(missing)} CSV in {csv_dir} (expected names like "
                           f"'cloze_test_val__spring2016 - cloze_test_ALL_val.csv' and '…_test__spring2016 …_test.csv')")
-    written = {}
+    parsed = {}  # every file read and checked before anything is written
     for split, path in found.items():
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
@@ -468,6 +469,9 @@ def convert_story_cloze(csv_dir: str | Path, out_dir: str | Path) -> dict[str, P
                                       f"{rec['answer_right_ending']!r} (story {rec['story_id']})")
                 rec["answer_right_ending"] = int(rec["answer_right_ending"])
                 rows.append(rec)
+        parsed[split] = rows
+    written = {}
+    for split, rows in parsed.items():
         target = out_dir / f"{split}.jsonl"
         target.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(target) as tmp:
