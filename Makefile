@@ -22,7 +22,8 @@ pfile   = $(firstword $(wildcard $(P)/$(1).yaml) $(PB)/$(1).yaml)
 STAMPS := runs/$(STUDY)/stamps
 SRC    := $(shell find tiesnb -name '*.py') pyproject.toml
 # the multitask model (the longest run) first: two at a time, the runs then end together
-TRAINS := $(sort $(notdir $(wildcard $(P)/train-*.yaml $(PB)/train-*.yaml)))
+# a study's own train-*.yaml files, else its parent's (a derived study with other tasks names its own)
+TRAINS := $(sort $(notdir $(or $(wildcard $(P)/train-*.yaml),$(wildcard $(PB)/train-*.yaml))))
 TRAIN  := $(patsubst %.yaml,$(STAMPS)/%.json,$(filter train-multitask.yaml,$(TRAINS)) $(filter-out train-multitask.yaml,$(TRAINS)))
 SETTINGS := $(P)/study.yaml $(PB)/study.yaml
 

@@ -33,7 +33,7 @@ def main() -> None:
 
     from tiesnb.data import load_task
     from tiesnb.study import Study
-    from tiesnb.train import TrainConfig, finetune, fit_heads
+    from tiesnb.families.text import TextTrainConfig as TrainConfig, finetune, fit_heads
 
     study = Study.load("default")
     c = study.config

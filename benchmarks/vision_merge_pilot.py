@@ -27,11 +27,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "vision-merge-pilot.md")
     args = ap.parse_args()
 
-    from tiesnb import vision
+    from tiesnb.families import vision
     from tiesnb.data.images import IMAGE_TASKS, load_image_task
     from tiesnb.io import atomic_path
     from tiesnb.merge import merge
-    from tiesnb.train import fit_linear
+    from tiesnb.training import fit_linear
 
     t0 = time.time()
     tasks = list(IMAGE_TASKS)
@@ -42,9 +42,11 @@ def main() -> None:
     for t in tasks:
         d = data[t]
         heads[t] = fit_linear(vision.features(pre, d.train[0][:1000]), torch.from_numpy(d.train[1][:1000]), len(d.labels))
-        enc = vision.load_encoder(base)
-        vision.fine_tune(enc, heads[t], *d.train, steps=args.steps, seed=args.seed, batchnorm="frozen")
-        models[t] = vision.encoder_state(enc)
+        cfg = vision.VisionTrainConfig(tasks=[t], steps=args.steps, batch_size=32, lr=1e-4, weight_decay=0.0, warmup=0.0,
+                                       seed=args.seed, batchnorm="frozen")
+        models[t] = vision.finetune(cfg, {t: d}, {f"{t}.weight": heads[t].weight.detach(), f"{t}.bias": heads[t].bias.detach()},
+                                    progress=False)
+        enc = vision.load_encoder(models[t])
         individual[t] = {s: vision.accuracy(enc, heads[t], *getattr(d, s)) for s in ("val", "test")}
         print(f"{t}: fine-tuned test {individual[t]['test']:.3f}", flush=True)
     rng = np.random.default_rng(args.seed)

@@ -30,8 +30,8 @@ def main() -> None:
 
     from tiesnb.data.images import IMAGE_TASKS, load_image_task
     from tiesnb.io import atomic_path
-    from tiesnb.train import fit_linear
-    from tiesnb import vision
+    from tiesnb.training import fit_linear
+    from tiesnb.families import vision
 
     rows = []
     for name in IMAGE_TASKS:
@@ -42,7 +42,11 @@ def main() -> None:
             enc = vision.load_encoder(size=args.size)
             head = fit_linear(vision.features(enc, d.train[0][:1000]), torch.from_numpy(d.train[1][:1000]), len(d.labels))
             row["probe"] = vision.accuracy(enc, head, *d.test)
-            vision.fine_tune(enc, head, *d.train, steps=args.steps, lr=args.lr, seed=args.seed, batchnorm=bn)
+            cfg = vision.VisionTrainConfig(tasks=[name], steps=args.steps, batch_size=32, lr=args.lr, weight_decay=0.0,
+                                           warmup=0.0, seed=args.seed, image_size=args.size, batchnorm=bn)
+            state = vision.finetune(cfg, {name: d}, {f"{name}.weight": head.weight.detach(), f"{name}.bias": head.bias.detach()},
+                                    progress=False)
+            enc = vision.load_encoder(state, size=args.size)
             row[bn] = vision.accuracy(enc, head, *d.test)
             row[f"{bn} s"] = time.time() - t0
         rows.append(row)

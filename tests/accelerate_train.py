@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from tiesnb import seq2seq
+from tiesnb.families import seq2seq
 from tiesnb.data.paper import load_paper_task
 
 out, model, data, batch = Path(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])

@@ -48,7 +48,8 @@ def test_a_study_can_inherit_another(tmp_path, monkeypatch):
     assert params_file("quick", "merge_sweep") == paths.PARAMS / "quick" / "merge_sweep.yaml"
     assert params_file("quick", "train-fever") == paths.PARAMS / "default" / "train-fever.yaml"
     frozen = Study.load("ab-frozen")  # the embeddings A/B
-    assert frozen.config.train_embeddings is False and default.config.train_embeddings is True
+    assert frozen.settings.train_embeddings is False and default.settings.train_embeddings is True
+    assert frozen.settings.max_len == default.settings.max_len == 64  # the section merges key by key
     monkeypatch.setattr(paths, "PARAMS", tmp_path)
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "study.yaml").write_text("name: a\ninherit: nope\n")

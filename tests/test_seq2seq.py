@@ -14,7 +14,8 @@ import pytest
 import torch
 import yaml
 
-from tiesnb import paths, seq2seq
+from tiesnb import paths
+from tiesnb.families import seq2seq
 from tiesnb.data.paper import DATASETS, MIXTURES, PaperTaskData, RankExample, load_paper_task, records
 from tiesnb.errors import TiesnbError
 from tiesnb.merge import merge
@@ -289,7 +290,7 @@ def test_training_beats_zero_shot_and_keeps_the_best_state(fixtures):
 def test_ia3_vectors_must_be_folded_before_evaluation(fixtures):
     """The (IA)³ path fails loudly when its vectors would be ignored, and folding them changes
     what the model computes."""
-    from tiesnb.train import fold_ia3
+    from tiesnb.training import fold_ia3
 
     _, data, path = fixtures
     d = {"rte": _load(data, "rte")}
@@ -338,11 +339,13 @@ def test_two_processes_shard_the_data_and_keep_the_schedule(fixtures, tmp_path):
 def _study(root, name, mode, tasks, model_path, data_dir):
     folder = root / "params" / name
     folder.mkdir(parents=True)
-    study = {"name": name, "model": "seq2seq", "model_path": str(model_path), "data_dir": str(data_dir), "tasks": tasks,
-             "mode": mode, "n_train": 16, "n_val": 4, "n_test": 10, "max_len": 48, "max_target_len": 8,
+    study = {"name": name, "model": "seq2seq", "tasks": tasks,
+             "mode": mode, "n_train": 16, "n_val": 4, "n_test": 10,
              "autocast": "off", "eval_batch_size": 8, "steps": 2, "multitask_steps": 2, "batch_size": 4,
              "lr": 0.01 if mode == "ia3" else 1e-3, "fisher_examples": 2, "gram_examples": 4, "figures_dir": "",
-             "templates": "all" if mode == "ia3" else "first", "schedule": "constant", "eval_every": 1, "patience": 1}
+             "seq2seq": {"model_path": str(model_path), "data_dir": str(data_dir), "max_len": 48, "max_target_len": 8,
+                         "templates": "all" if mode == "ia3" else "first", "schedule": "constant", "eval_every": 1,
+                         "patience": 1}}
     (folder / "study.yaml").write_text(yaml.safe_dump(study))
     for f in (paths.PARAMS / "smoke").glob("*.yaml"):
         if f.stem not in ("study",) and not f.stem.startswith("train-"):
@@ -415,7 +418,9 @@ def test_a_template_change_invalidates_cached_accuracies(fixtures, tmp_path, mon
     monkeypatch.setattr(paths, "RUNS", tmp_path / "runs")
     monkeypatch.setattr(paths, "PARAMS", tmp_path / "params")
     cfg = tmp_path / "params" / "tiny-cache" / "study.yaml"
-    cfg.write_text(cfg.read_text() + "prompts: tiesnb\n")
+    settings = yaml.safe_load(cfg.read_text())
+    settings["seq2seq"]["prompts"] = "tiesnb"
+    cfg.write_text(yaml.safe_dump(settings))
     Study.load("tiny-cache").fit_heads(progress=False)  # (none for seq2seq: the probe step's marker)
     first = Study.load("tiny-cache").evaluate_checkpoint(None, ["rte"], "val", "zero-shot")
     cached = lambda: sorted((tmp_path / "runs" / "tiny-cache" / "cache" / "evaluations").rglob("*.json"))  # noqa: E731
@@ -429,16 +434,29 @@ def test_a_template_change_invalidates_cached_accuracies(fixtures, tmp_path, mon
     assert len(cached()) == 2  # a new key: computed again with the edited template
 
 
-def test_seq2seq_settings_are_refused_elsewhere_and_checked():
+def test_each_family_reads_its_own_section_and_checks_it():
     from tiesnb.study import Study, StudyConfig
 
-    with pytest.raises(TiesnbError, match="'patience' applies to model: seq2seq only"):
-        Study(StudyConfig(name="x", tasks=["bbc"], patience=3))
-    for key, bad, msg in [("schedule", "cosine", "schedule must be one of linear, constant"),
-                          ("templates", "some", "templates must be one of first, all"),
-                          ("grad_accum", 0, "grad_accum must be at least 1"), ("eval_every", -1, "eval_every must be >= 0")]:
+    parse = lambda **d: StudyConfig.parse({"name": "x", "tasks": ["rte"], **d}, "study.yaml")  # noqa: E731
+    with pytest.raises(TiesnbError, match="'patience' is a setting of the seq2seq family: put it in the 'minilm:' section "
+                                          r"\(this study's model is minilm\)"):
+        parse(patience=3)
+    with pytest.raises(TiesnbError, match="'max_len' is a setting of the minilm / seq2seq family: put it in the 'seq2seq:'"):
+        parse(model="seq2seq", max_len=3)
+    with pytest.raises(TiesnbError, match="section 'seq2seq:' applies to model: seq2seq"):
+        parse(seq2seq={"patience": 3})
+    with pytest.raises(TiesnbError, match=r"study.yaml \[minilm:\]: unknown parameter 'patience'"):
+        parse(minilm={"patience": 3})
+    assert parse(model="seq2seq", seq2seq={"patience": 3}).settings.patience == 3
+    assert parse(minilm={"max_len": 7}).settings.max_len == 7
+    for key, bad, msg in [("schedule", "cosine", "seq2seq.schedule must be one of linear, constant"),
+                          ("templates", "some", "seq2seq.templates must be one of first, all"),
+                          ("grad_accum", 0, "seq2seq.grad_accum must be at least 1"),
+                          ("eval_every", -1, "seq2seq.eval_every must be >= 0")]:
         with pytest.raises(TiesnbError, match=msg):
-            Study(StudyConfig(name="x", tasks=["rte"], model="seq2seq", **{key: bad}))
+            Study(parse(model="seq2seq", seq2seq={key: bad}))
+    with pytest.raises(TiesnbError, match="mode must be full for the vision family"):
+        Study(parse(model="vision", mode="ia3"))
 
 
 def test_training_examples_are_the_originals_pool(fixtures):

@@ -75,7 +75,7 @@ def test_resize_keeps_constant_images_and_makes_rgb():
 
 def test_batchnorm_reestimation_against_an_independent_computation():
     pytest.importorskip("efficientnet_lite_pytorch")
-    from tiesnb import vision
+    from tiesnb.families import vision
 
     enc = vision.load_encoder(size=32)
     rng = np.random.default_rng(0)
@@ -99,26 +99,68 @@ def test_batchnorm_reestimation_against_an_independent_computation():
     assert torch.allclose(bn0.running_mean, (stem.mean(dim=(0, 2, 3)) + stem2.mean(dim=(0, 2, 3))) / 2, atol=1e-5)
 
 
+def _tiny_task(n=24, seed=1):
+    from tiesnb.data.images import ImageTaskData
+
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+    y = np.arange(n) % 2
+    return ImageTaskData("t", ("a", "b"), (x, y), (x[:4], y[:4]), (x[:8], y[:8]), "fp")
+
+
 def test_fine_tuning_is_deterministic_and_keeps_frozen_statistics():
     pytest.importorskip("efficientnet_lite_pytorch")
-    from tiesnb import vision
-    from tiesnb.train import fit_linear
+    from tiesnb.families import vision
+    from tiesnb.training import fit_linear
 
-    rng = np.random.default_rng(1)
-    x = rng.integers(0, 256, (24, 32, 32, 3), dtype=np.uint8)
-    y = np.arange(24) % 2
-    states = []
-    for _ in range(2):
-        enc = vision.load_encoder(size=32)
-        head = fit_linear(vision.features(enc, x), torch.from_numpy(y), 2)
-        vision.fine_tune(enc, head, x, y, steps=2, batch_size=8, lr=1e-3, seed=5, batchnorm="frozen")
-        states.append(vision.encoder_state(enc))
-    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    d = _tiny_task()
+    x, y = d.train
+    enc = vision.load_encoder(size=32)
+    head = fit_linear(vision.features(enc, x), torch.from_numpy(y), 2)
+    heads = {"t.weight": head.weight.detach(), "t.bias": head.bias.detach()}
+    cfg = lambda **k: vision.VisionTrainConfig(**{"tasks": ["t"], "steps": 2, "batch_size": 8, "lr": 1e-3,  # noqa: E731
+                                                  "seed": 5, "image_size": 32, "autocast": "off", **k})
+    states = [vision.finetune(cfg(), {"t": d}, heads, progress=False) for _ in range(2)]
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])  # same seed: the same bits
+    other = vision.finetune(cfg(seed=6), {"t": d}, heads, progress=False)
+    assert not torch.equal(other["_conv_stem.weight"], states[0]["_conv_stem.weight"])
     pre = vision.encoder_state(vision.load_encoder(size=32))
     assert torch.equal(states[0]["_bn0.running_mean"], pre["_bn0.running_mean"])  # frozen: statistics kept
     assert not torch.equal(states[0]["_conv_stem.weight"], pre["_conv_stem.weight"])
-    enc = vision.load_encoder(size=32)
-    vision.fine_tune(enc, head, x, y, steps=1, batch_size=8, batchnorm="train")
-    assert not torch.equal(vision.encoder_state(enc)["_bn0.running_mean"], pre["_bn0.running_mean"])
+    trained = vision.finetune(cfg(steps=1, batchnorm="train"), {"t": d}, heads, progress=False)
+    assert not torch.equal(trained["_bn0.running_mean"], pre["_bn0.running_mean"])
     with pytest.raises(TiesnbError, match="batchnorm must be frozen or train"):
-        vision.fine_tune(enc, head, x, y, steps=1, batchnorm="eval")
+        vision.finetune(cfg(batchnorm="eval"), {"t": d}, heads, progress=False)
+
+
+def test_grams_of_pointwise_convolutions_and_regmean_on_them():
+    """A 1 × 1 convolution's Gram matrix is that of its input channels over every pixel
+    (computed here by hand from a hook on the input); RegMean merges its 4-D weight as the
+    least-squares solution of the same linear map."""
+    pytest.importorskip("efficientnet_lite_pytorch")
+    from tiesnb.families import vision
+    from tiesnb.merge import merge
+
+    d = _tiny_task(6)
+    state = vision.encoder_state(vision.load_encoder(size=32))
+    grams = vision.gram_matrices(state, d.train[0], 6, image_size=32, batch_size=4, progress=False)
+    enc = vision.load_encoder(state, 32)
+    conv = enc.net._blocks[1]._expand_conv
+    seen = []
+    conv.register_forward_hook(lambda m, i, o: seen.append(i[0].detach()))
+    with torch.no_grad():
+        enc(torch.from_numpy(d.train[0]))
+    x = seen[0].permute(0, 2, 3, 1).reshape(-1, seen[0].shape[1])
+    key = "_blocks.1._expand_conv.weight"
+    assert torch.allclose(grams[key], x.T @ x / x.shape[0], rtol=1e-4, atol=1e-5)
+    assert all(tuple(state[k].shape[2:]) == (1, 1) for k in grams)  # only pointwise convolutions
+    assert "_conv_stem.weight" not in grams and "_blocks.0._depthwise_conv.weight" not in grams
+    # RegMean on one 4-D weight: W = (Σ W_t G_t)(Σ G_t)⁻¹, flattened to (out, in)
+    w = state[key]
+    models = [{key: w + 0.01 * torch.randn_like(w)} for _ in range(2)]
+    g = [{key: grams[key] + i * torch.eye(grams[key].shape[0])} for i in range(2)]
+    got = merge("regmean", {key: w}, models, grams=g, alpha=1.0)[key]
+    W = [m[key].reshape(w.shape[0], -1).double() for m in models]
+    G = [gg[key].double() for gg in g]
+    want = (sum(Wi @ Gi for Wi, Gi in zip(W, G)) @ torch.linalg.inv(sum(G))).float().reshape(w.shape)
+    assert torch.allclose(got, want, atol=1e-4)

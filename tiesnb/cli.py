@@ -148,7 +148,8 @@ def cmd_data(args) -> int:
     if args.study:
         from .study import Study
 
-        if Study.load(args.study).config.model != "minilm":
+        names = Study.load(args.study).family.assets
+        if not names:
             print(f"study {args.study}: its models and datasets come from the hub (or data_dir); nothing to fetch")
             return 0
     for path in fetch(names):

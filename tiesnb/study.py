@@ -23,8 +23,9 @@ the modules on the evaluation path.
 from __future__ import annotations
 
 import hashlib
-import json
 import copy
+import dataclasses
+import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -43,61 +44,66 @@ MULTITASK = "multitask"
 
 @dataclass
 class StudyConfig:
-    """``params/<study>/study.yaml``: the settings shared by every notebook of a study."""
+    """``params/<study>/study.yaml``: the settings shared by every notebook of a study, whatever its
+    model family; the family's own settings are the section named after it (``settings``)."""
 
     name: str
     tasks: list[str]
     inherit: str = ""  # another study whose study.yaml (and notebook parameter files) this one starts from
-    model: str = "minilm"  # minilm (the embedded study) | seq2seq (T5 / T0, rank classification)
-    model_path: str = ""  # seq2seq: the pretrained model, a local folder or a hub name
-    data_dir: str = ""  # seq2seq: local copies <dataset>/<split>.jsonl (default: the hub or its cache)
-    story_cloze_dir: str = ""  # seq2seq: the manually downloaded Story Cloze folder
+    model: str = "minilm"  # the model family (tiesnb.families): minilm | vision | seq2seq | clip
     split_seed: int = 0  # the shuffle that draws the splits (seq2seq: the original's 42); fixed across seeds
-    max_target_len: int = 32  # seq2seq: tokens of an answer choice (the original: max_len)
-    prompts: str = "promptsource"  # seq2seq: promptsource (the original's templates) | tiesnb (three of our own)
-    templates: str = "first"  # seq2seq: first (T5: template 0 to train and evaluate) | all (IA3: train on
-    #   example × template, accuracy = median over templates)
     seeds: list[int] = field(default_factory=lambda: [0])  # training seeds: every model is trained once per seed
     # data: examples per split and task (validation and test class-balanced)
     n_train: int = 2000
     n_val: int = 64
     n_test: int = 400
-    max_len: int = 64
     # compute
     autocast: str = "auto"  # auto | bf16 | off
     threads: int = 0  # torch CPU threads, 0 = torch's default
     eval_batch_size: int = 32
-    # heads: linear probes on the frozen pretrained encoder
-    probe_examples: int = 1000
-    probe_l2: float = 1e-3
     # fine-tuning of each task model and of the multitask model
-    mode: str = "full"  # full | ia3
+    mode: str = "full"  # full | ia3 (the families that have it)
     steps: int = 250
     multitask_steps: int = 600
     batch_size: int = 16
     lr: float = 1e-4
     weight_decay: float = 0.01
     warmup: float = 0.1
-    train_embeddings: bool = False  # train (and merge) the embedding tables too, as full fine-tuning does
-    sparse_embeddings: bool = True  # with train_embeddings: word-embedding rows updated sparsely (lazy Adam)
-    # seq2seq training recipe (the original's: constant lr, gradient accumulation, early stopping)
-    schedule: str = "linear"  # linear (warm-up, then decay to 0) | constant
-    grad_accum: int = 1  # micro-batches per optimiser step (effective batch = batch_size × grad_accum × processes)
-    eval_every: int = 0  # optimiser steps between validation evaluations (0: none; the last state is kept)
-    patience: int = 0  # stop after this many evaluations without improvement (0: never); the best state is kept
-    eval_at_start: bool = False  # evaluate before training: the pretrained score is the bar to beat
-    max_per_dataset: int = 500000  # training examples (record × template) per dataset, the original's cap; 0: all
     # statistics for the Fisher and RegMean baselines
     fisher_examples: int = 64
     gram_examples: int = 256
     # where figures and tables go, relative to the repository ("": runs/<study>/figures)
     figures_dir: str = "figures"
+    settings: Any = field(default=None, repr=False)  # the family's section (its Settings dataclass); not a YAML key
+
+    @classmethod
+    def parse(cls, data: Mapping[str, Any], where: str | Path) -> "StudyConfig":
+        """Strictly, from study.yaml's mapping: the shared keys, and the family's section."""
+        from .families import FAMILIES, family, settings_fields
+
+        data = dict(data)
+        model = data.get("model", "minilm")
+        if not isinstance(model, str):
+            raise TiesnbError(f"{where}: parameter 'model' must be str, got {model!r}")
+        fam = family(model)
+        section = data.pop(model, None) or {}
+        if not isinstance(section, dict):
+            raise TiesnbError(f"{where}: '{model}:' must be a section of settings (a mapping), got {section!r}")
+        shared = {f.name for f in dataclasses.fields(cls)} - {"settings"}
+        for key in list(data):
+            if key in FAMILIES:
+                raise TiesnbError(f"{where}: section '{key}:' applies to model: {key} (this study's model is {model})")
+            if key not in shared:
+                owners = [f for f in FAMILIES if key in settings_fields(f)]
+                if owners:
+                    raise TiesnbError(f"{where}: '{key}' is a setting of the {' / '.join(owners)} family: put it in the "
+                                      f"'{model}:' section" + ("" if model in owners else f" (this study's model is {model})"))
+        config = dataclass_from(cls, data, where)
+        config.settings = dataclass_from(fam.Settings, section, f"{where} [{model}:]")
+        return config
 
 
-SEQ2SEQ_ONLY = ("model_path", "data_dir", "story_cloze_dir", "max_target_len", "prompts", "templates", "schedule",
-                "grad_accum", "eval_every", "patience", "eval_at_start", "max_per_dataset")
-
-EVAL_CODE = ["evaluate.py", "models.py", "seq2seq.py", "train.py", "families.py", "merge/*.py", "data/*.py"]
+EVAL_CODE = ["training.py", "families/*.py", "merge/*.py", "data/*.py"]
 
 
 def _code_fingerprint() -> str:
@@ -158,7 +164,11 @@ def study_settings(name: str) -> dict:
     base = read_yaml(parent_path)
     if base.get("inherit"):
         raise TiesnbError(f"{path}: inherits {parent!r}, which inherits again; one level only")
-    return {**base, "figures_dir": "", **own}  # a derived study never writes over its parent's figures
+    merged = {**base, "figures_dir": "", **own}  # a derived study never writes over its parent's figures
+    for key, value in own.items():  # a family's section: the parent's keys, then this study's
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            merged[key] = {**base[key], **value}
+    return merged
 
 
 def params_file(study: str, run: str) -> Path:
@@ -177,30 +187,20 @@ class Study:
 
     def __init__(self, config: StudyConfig, seed: int | None = None):
         self.config = c = config
-        if c.mode not in ("full", "ia3"):
-            raise TiesnbError(f"study {c.name}: mode must be full or ia3, got {c.mode!r}")
-        if c.model != "seq2seq":  # a seq2seq setting in another family's study would be ignored: say so
-            defaults = StudyConfig(name="", tasks=[])
-            for key in SEQ2SEQ_ONLY:
-                if getattr(c, key) != getattr(defaults, key):
-                    raise TiesnbError(f"study {c.name}: '{key}' applies to model: seq2seq only (this study's model is "
-                                      f"{c.model})")
-        for key, valid in (("prompts", ("promptsource", "tiesnb")), ("templates", ("first", "all")),
-                           ("schedule", ("linear", "constant"))):
-            if getattr(c, key) not in valid:
-                raise TiesnbError(f"study {c.name}: {key} must be one of {', '.join(valid)}, got {getattr(c, key)!r}")
-        for key in ("grad_accum",):
-            if getattr(c, key) < 1:
-                raise TiesnbError(f"study {c.name}: {key} must be at least 1, got {getattr(c, key)}")
-        for key in ("eval_every", "patience", "n_train", "n_test", "max_per_dataset"):
+        from .families import family
+
+        self.family = family(c.model)
+        self.settings = c.settings if c.settings is not None else self.family.Settings()
+        if c.mode not in self.family.modes:
+            raise TiesnbError(f"study {c.name}: mode must be {' or '.join(self.family.modes)} for the {c.model} family, "
+                              f"got {c.mode!r}")
+        for key in ("n_train", "n_test"):
             if getattr(c, key) < 0:
                 raise TiesnbError(f"study {c.name}: {key} must be >= 0, got {getattr(c, key)}")
         if not c.seeds or len(set(c.seeds)) != len(c.seeds):
             raise TiesnbError(f"study {c.name}: seeds must be a non-empty list of distinct integers, got {c.seeds}")
+        self.family.check(self)
         self.seed = c.seeds[0] if seed is None else seed
-        from .families import family
-
-        self.family = family(c.model)
         self.run_dir = paths.RUNS / c.name
         # "" keeps the figures inside the run folder (the smoke study: never over the real ones);
         # "figures" is the repository's figures/ (moved by TIESNB_FIGURES)
@@ -214,13 +214,13 @@ class Study:
         self._states: dict[str, dict] = {}
         self._tau: dict[str, dict] = {}  # merged task vectors of the last setting, reused across λ
         self._tv: dict[str, Any] = {}
-        threads = threads_setting(c.threads)
-        if threads > 0:
-            torch.set_num_threads(threads)
+        self.threads = threads_setting(c.threads)
+        if self.threads > 0:
+            torch.set_num_threads(self.threads)
 
     @classmethod
     def load(cls, name: str) -> "Study":
-        return cls(dataclass_from(StudyConfig, study_settings(name), paths.PARAMS / name / "study.yaml"))
+        return cls(StudyConfig.parse(study_settings(name), paths.PARAMS / name / "study.yaml"))
 
     @property
     def tasks(self) -> list[str]:
@@ -237,6 +237,17 @@ class Study:
             raise TiesnbError(f"seed {seed} is not one of study {self.config.name}'s seeds {self.config.seeds}")
         view = copy.copy(self)
         view.seed = seed
+        view._states, view._tau, view._tv = {}, {}, {}
+        return view
+
+    def variant(self, **settings) -> "Study":
+        """This study with some of its family's settings changed — an evaluation variant (the vision
+        family's BatchNorm re-estimated): the same data, heads and checkpoints, its own evaluator
+        and cache keys (the settings enter them)."""
+        view = copy.copy(self)
+        view.settings = dataclasses.replace(self.settings, **settings)
+        view.config = dataclasses.replace(self.config, settings=view.settings)
+        view._shared = {"data": self.data()}
         view._states, view._tau, view._tv = {}, {}, {}
         return view
 
@@ -258,7 +269,9 @@ class Study:
             key = self.family.data_key(self)
             for task in self.tasks:
                 path = self.run_dir / "data" / f"{task}-{key}.json"
-                if path.exists():
+                if not self.family.cache_data:  # read directly (the reader keeps its own cache)
+                    data[task] = self.family.load_task(self, task)
+                elif path.exists():
                     data[task] = self.family.task_data(self, task, json.loads(path.read_text()))
                 else:
                     d = data[task] = self.family.load_task(self, task)
@@ -285,11 +298,12 @@ class Study:
         return self.run_dir / "heads"
 
     def fit_heads(self, progress: bool = True) -> dict[str, torch.Tensor]:
-        """The linear probes (reused when data and settings are unchanged); none for seq2seq."""
+        """The linear probes (reused when data and settings are unchanged); none for seq2seq and
+        (fitted from the text tower, not probed) for clip."""
         c = self.config
         data = self.data()
-        resolved = {"data": {t: data[t].fingerprint for t in c.tasks}, "probe_examples": c.probe_examples,
-                    "probe_l2": c.probe_l2, "max_len": c.max_len, "autocast": c.autocast, "version": __version__}
+        resolved = {"data": {t: data[t].fingerprint for t in c.tasks}, **self.family.heads_settings(self),
+                    "version": __version__}
         meta = self.heads_dir / "params.json"
         if meta.exists() and json.loads(meta.read_text()).get("resolved") == json.loads(json.dumps(resolved)):
             return self.heads()
@@ -316,10 +330,10 @@ class Study:
         return self.seed_dir / "checkpoints" / task
 
     def train(self, task: str, progress: bool = True) -> Path:
-        from .train import train_checkpoint
+        from .training import train_checkpoint
 
-        return train_checkpoint(self.train_config(task), self.data(), self.heads(), self.checkpoint_dir(task),
-                                progress=progress, trainer=self.family.trainer())
+        return train_checkpoint(self.family.trainer(), self.train_config(task), self.data(), self.heads(),
+                                self.checkpoint_dir(task), progress=progress)
 
     def state(self, task: str) -> dict[str, torch.Tensor]:
         """A trained checkpoint (task model or multitask): encoder parameters, or (IA)³ vectors."""
@@ -342,7 +356,7 @@ class Study:
     # ------------------------------------------------------------------ what is merged
     def base(self) -> dict[str, torch.Tensor]:
         """The point task vectors start from: the pretrained model, or (IA)³ vectors of ones."""
-        from .train import ia3_identity
+        from .training import ia3_identity
 
         if self.config.mode == "ia3":
             return ia3_identity(self.state(self.tasks[0]))
@@ -355,7 +369,7 @@ class Study:
     def encoder(self, state: Mapping[str, torch.Tensor] | None) -> Mapping[str, torch.Tensor] | None:
         """The model state that computes what a (merged) state computes: (IA)³ vectors are folded
         into the pretrained weights."""
-        from .train import fold_ia3
+        from .training import fold_ia3
 
         if state is None or self.config.mode == "full":
             return state
@@ -402,7 +416,7 @@ class Study:
             raise TiesnbError(f"unknown statistic {kind!r}: fisher or grams")
         folder = self.seed_dir / "stats" / f"{kind}-{task}"
         resolved = {"checkpoint": self.checkpoint_fingerprint(task), "n": c.fisher_examples if kind == "fisher" else c.gram_examples,
-                    "max_len": c.max_len, "code": _code_fingerprint()}
+                    "eval": self.family.eval_settings(self), "code": _code_fingerprint()}
         meta = folder / "params.json"
         if meta.exists() and json.loads(meta.read_text()).get("resolved") == resolved:
             return load_state_dict(folder)
@@ -421,7 +435,7 @@ class Study:
         data = self.data()
         key = {"recipe": recipe, "tasks": list(tasks), "split": split,
                "data": {t: data[t].fingerprint for t in tasks}, "heads": self._heads_fingerprint(),
-               "eval": [c.model, c.model_path, c.max_len, c.max_target_len, c.eval_batch_size, c.autocast],
+               "eval": self.family.eval_settings(self),
                "code": _code_fingerprint()}
         return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
 

@@ -473,7 +473,8 @@ class Fisher:
 
 
 class RegMean:
-    """RegMean (Jin et al. 2023): each linear layer's weight W (out × in) is the least-squares
+    """RegMean (Jin et al. 2023): each linear layer's weight W (out × in; a 1 × 1 convolution's
+    (out, in, 1, 1) the same map per pixel) is the least-squares
     merge W = (Σ_t W_t G̃_t)(Σ_t G̃_t)⁻¹, with ``G_t`` the Gram matrix of the layer's inputs on
     task t's data (given, keyed by the weight's name) and ``G̃ = α G + (1 − α) diag(G)``.
     Every other parameter is averaged."""
@@ -484,9 +485,9 @@ class RegMean:
         grams = [open_source(g, f"grams {i}") for i, g in enumerate(p["grams"])]
 
         def gram_shape(n):
-            shape = job.specs[n].shape
-            if len(shape) != 2:
-                raise TiesnbError(f"Gram matrix given for '{n}', which is not a 2-D linear weight {shape}")
+            shape = job.specs[n].shape  # a linear weight, or a 1 × 1 convolution's (out, in, 1, 1)
+            if len(shape) < 2 or any(s != 1 for s in shape[2:]):
+                raise TiesnbError(f"Gram matrix given for '{n}', which is not a linear (or 1 × 1 convolution) weight {shape}")
             return (shape[1], shape[1])
 
         job.check_aux(grams, "grams", shape_of=gram_shape)
@@ -504,7 +505,7 @@ class RegMean:
                 yield K.rowsum(X) / job.n
             return
         alpha = p["alpha"]
-        out_dim, in_dim = job.specs[name].shape
+        out_dim, in_dim = job.specs[name].shape[:2]
         lhs = torch.zeros(in_dim, in_dim, dtype=torch.float64, device=job.device)
         rhs = torch.zeros(in_dim, out_dim, dtype=torch.float64, device=job.device)
         for i, g in enumerate(grams):

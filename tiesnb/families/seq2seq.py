@@ -24,10 +24,11 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import progress as progress_
-from .data.paper import PaperTaskData, RankExample
-from .errors import TiesnbError
-from .train import TrainConfig, record_step, resolve_autocast, set_threads
+from .. import progress as progress_
+from ..data.paper import PaperTaskData, RankExample
+from ..errors import TiesnbError
+from .base import Family
+from ..training import TrainConfig, linear_schedule, record_step, resolve_autocast, set_threads
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -40,12 +41,12 @@ T5_IA3_FEEDFORWARD = ["wo"]
 def _load(model_path: str):
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-    from .data.paper import MODEL_IDS
-    from .models import _quiet_transformers
+    from ..data.paper import MODEL_IDS
+    from .common import quiet_transformers
 
     if not Path(model_path).exists():  # a legacy hub name ("t5-base") → today's id; a local folder stays
         model_path = MODEL_IDS.get(model_path, model_path)
-    _quiet_transformers()
+    quiet_transformers()
     try:
         tok = AutoTokenizer.from_pretrained(model_path)
         model = AutoModelForSeq2SeqLM.from_pretrained(model_path)
@@ -208,6 +209,7 @@ class Seq2SeqTrainConfig(TrainConfig):
     (``templates``)."""
 
     model_path: str = ""
+    max_len: int = 64
     max_target_len: int = 32
     templates: str = "all"  # first | all
     schedule: str = "linear"  # linear | constant
@@ -231,9 +233,7 @@ def lr_factor(step: int, cfg: Seq2SeqTrainConfig) -> float:
     """The learning rate's multiplier at optimiser step ``step`` (0-based)."""
     if cfg.schedule == "constant":
         return 1.0
-    from .train import _schedule
-
-    return _schedule(step, cfg)
+    return linear_schedule(step, cfg)
 
 
 def training_items(cfg: Seq2SeqTrainConfig, data: Mapping[str, PaperTaskData]) -> list[tuple[str, int, int]]:
@@ -322,7 +322,7 @@ def finetune(cfg: Seq2SeqTrainConfig, data: Mapping[str, PaperTaskData], heads_s
     def state_now() -> dict[str, torch.Tensor]:
         m = acc.unwrap_model(model)
         if cfg.mode == "ia3":
-            from .train import ia3_state
+            from ..training import ia3_state
 
             return ia3_state(m)
         return {k: v.detach().to("cpu", copy=True) for k, v in m.state_dict().items()}
@@ -423,7 +423,7 @@ def gram_matrices(model_path: str, state: Mapping[str, torch.Tensor], data: Pape
                   max_input_len: int = 256, max_target_len: int = 32, progress: bool = True) -> dict[str, torch.Tensor]:
     """Mean Gram matrix of every linear layer's inputs over the non-padding positions, with the
     right answer teacher-forced (template 0); keyed by the layer's weight name (RegMean)."""
-    from .evaluate import LinearGrams
+    from .common import LinearGrams
 
     model, tok = load_seq2seq(model_path)
     model.load_state_dict(state, strict=False)
@@ -464,3 +464,110 @@ def make_tiny_t5(folder: str | Path, texts: Sequence[str], seed: int = 0, d_mode
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
+
+
+# ----------------------------------------------------------------------------------------------
+# the family
+
+
+@dataclass
+class Seq2SeqSettings:
+    """The ``seq2seq:`` section of study.yaml: the model, where the data is, the prompts, and the
+    original's training recipe as switches."""
+
+    model_path: str = ""  # the pretrained model, a local folder or a hub name
+    data_dir: str = ""  # local copies <dataset>/<split>.jsonl (default: the hub or its cache)
+    story_cloze_dir: str = ""  # the manually downloaded Story Cloze folder
+    max_len: int = 64  # input tokens
+    max_target_len: int = 32  # tokens of an answer choice (the original: max_len)
+    prompts: str = "promptsource"  # promptsource (the original's templates) | tiesnb (three of our own)
+    templates: str = "first"  # first (T5: template 0 to train and evaluate) | all (IA3: train on
+    #   example × template, accuracy = median over templates)
+    schedule: str = "linear"  # linear (warm-up, then decay to 0) | constant
+    grad_accum: int = 1  # micro-batches per optimiser step (effective batch = batch_size × grad_accum × processes)
+    eval_every: int = 0  # optimiser steps between validation evaluations (0: none; the last state is kept)
+    patience: int = 0  # stop after this many evaluations without improvement (0: never); the best state is kept
+    eval_at_start: bool = False  # evaluate before training: the pretrained score is the bar to beat
+    max_per_dataset: int = 500000  # training examples (record × template) per dataset, the original's cap; 0: all
+
+
+class Seq2Seq(Family):
+    """A T5-style model (``model_path``: a local folder or a hub name), rank classification over
+    answer choices with several prompt templates per dataset."""
+
+    name = "seq2seq"
+    Settings = Seq2SeqSettings
+    modes = ("full", "ia3")
+
+    def check(self, study) -> None:
+        s, name = study.settings, study.config.name
+        for key, valid in (("prompts", ("promptsource", "tiesnb")), ("templates", ("first", "all")),
+                           ("schedule", ("linear", "constant"))):
+            if getattr(s, key) not in valid:
+                raise TiesnbError(f"study {name}: seq2seq.{key} must be one of {', '.join(valid)}, got {getattr(s, key)!r}")
+        if s.grad_accum < 1:
+            raise TiesnbError(f"study {name}: seq2seq.grad_accum must be at least 1, got {s.grad_accum}")
+        for key in ("eval_every", "patience", "max_per_dataset"):
+            if getattr(s, key) < 0:
+                raise TiesnbError(f"study {name}: seq2seq.{key} must be >= 0, got {getattr(s, key)}")
+
+    def data_key(self, study) -> str:
+        return super().data_key(study) + "-v2"  # v2: the original's splits
+
+    def load_task(self, study, task: str):
+        from ..data.paper import load_paper_task
+
+        c, s = study.config, study.settings
+        return load_paper_task(task, c.n_train, c.n_val, c.n_test, c.split_seed, s.data_dir or None,
+                               s.story_cloze_dir or None, s.prompts)
+
+    def task_data(self, study, task: str, raw: dict):
+        return PaperTaskData.from_json(task, raw, study.settings.prompts)
+
+    def train_config(self, study, tasks: list[str]):
+        c, s = study.config, study.settings
+        return Seq2SeqTrainConfig(tasks=tasks, mode=c.mode, batch_size=c.batch_size, lr=c.lr, weight_decay=c.weight_decay,
+                                  warmup=c.warmup, max_len=s.max_len, seed=study.seed, autocast=c.autocast,
+                                  threads=study.threads, model_path=s.model_path, max_target_len=s.max_target_len,
+                                  templates=s.templates, schedule=s.schedule, grad_accum=s.grad_accum,
+                                  eval_every=s.eval_every, patience=s.patience, eval_at_start=s.eval_at_start,
+                                  eval_batch_size=c.eval_batch_size, max_per_dataset=s.max_per_dataset)
+
+    def trainer(self):
+        return finetune
+
+    def pretrained(self, study) -> dict[str, torch.Tensor]:
+        return pretrained_state(study.settings.model_path)
+
+    def merge_options(self, study, params) -> dict:
+        """T5's tied embedding merges once; the original code's presets count it as the original
+        did (twice in the global top-k when ``lm_head`` is tied)."""
+        if study.config.mode == "ia3":
+            return {}
+        opts = {"tied": tied_groups(study.settings.model_path)}
+        if params.get("preset") in ("original", "fusionbench"):
+            opts["multiplicity"] = original_multiplicity(study.settings.model_path)
+        return opts
+
+    def eval_settings(self, study) -> list:
+        c, s = study.config, study.settings
+        return [c.model, s.model_path, s.max_len, s.max_target_len, c.eval_batch_size, c.autocast]
+
+    def evaluator(self, study):
+        c, s = study.config, study.settings
+        return RankEvaluator(s.model_path, study.data(), s.max_len, s.max_target_len, c.eval_batch_size, c.autocast,
+                             progress=False, templates=s.templates)
+
+    def statistic(self, study, kind: str, task: str, progress: bool) -> dict[str, torch.Tensor]:
+        c, s = study.config, study.settings
+        state = study.state(task)
+        groups = tied_groups(s.model_path)
+        if kind == "fisher":
+            aliases = {a for g in groups for a in sorted(g)[1:]}
+            names = [n for n, v in state.items() if v.is_floating_point() and n not in aliases]
+            return fisher_diagonal(s.model_path, state, study.data()[task], names, c.fisher_examples,
+                                   s.max_len, s.max_target_len, progress)
+        grams = gram_matrices(s.model_path, state, study.data()[task], c.gram_examples, s.max_len,
+                              s.max_target_len, progress)
+        tied = {n for g in groups for n in g}
+        return {k: v for k, v in grams.items() if k not in tied}  # a tied lm_head is the embedding: averaged

@@ -1,10 +1,11 @@
-"""Trainers of the embedded study: linear probes (the heads), full fine-tuning and (IA)³ of the
-encoder per task, and the multitask model.
+"""What every model family's training shares: the settings every trainer has, the device and
+autocast choice, the fixed linear heads (fitted once by L-BFGS, then frozen), the seeded order in
+which examples are drawn, the learning-rate schedule, the loss bookkeeping, (IA)³ vectors as state
+dicts, and checkpoints written once and reused while their resolved parameters are unchanged.
 
 Every trainer is seeded and deterministic on a given machine (same parameters, same seed →
 the same checkpoint, bit for bit), shows a progress bar, and writes its checkpoint atomically as
-safetensors plus ``params.json`` (the resolved parameters). :func:`train_checkpoint` skips a run
-whose checkpoint already exists with identical parameters. Where CUDA is present it is used.
+safetensors plus ``params.json`` (the resolved parameters). Where CUDA is present it is used.
 """
 
 from __future__ import annotations
@@ -23,9 +24,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import __version__, models, progress as progress_
+from . import __version__
 from .checkpoints import load_state_dict, save_state_dict
-from .data import TaskData
 from .errors import TiesnbError
 
 # ----------------------------------------------------------------------------------------------
@@ -34,8 +34,8 @@ from .errors import TiesnbError
 
 @dataclass
 class TrainConfig:
-    """How one encoder is trained. ``tasks`` holds one task (a task model) or several (the
-    multitask model)."""
+    """How one model is trained, the settings every family shares (a family's own config adds its
+    fields). ``tasks`` holds one task (a task model) or several (the multitask model)."""
 
     tasks: list[str]
     mode: str = "full"  # full | ia3
@@ -44,9 +44,6 @@ class TrainConfig:
     lr: float = 1e-4
     weight_decay: float = 0.01
     warmup: float = 0.1  # fraction of steps with a linear warm-up, then linear decay to 0
-    max_len: int = 64
-    train_embeddings: bool = False  # the embedding tables too (52 % of MiniLM's weights)
-    sparse_embeddings: bool = True  # with train_embeddings: only the word-embedding rows a batch uses are updated
     seed: int = 0
     autocast: str = "auto"  # auto | bf16 | off: bf16 autocast where the CPU has native bf16, or on CUDA
     threads: int = 0  # torch CPU threads (0: torch's default)
@@ -54,7 +51,7 @@ class TrainConfig:
     def check(self) -> None:
         if self.mode not in ("full", "ia3"):
             raise TiesnbError(f"training mode must be full or ia3, got {self.mode!r}")
-        for k in ("steps", "batch_size", "max_len"):
+        for k in ("steps", "batch_size") + tuple(k for k in ("max_len",) if hasattr(self, k)):
             if getattr(self, k) < 1:
                 raise TiesnbError(f"training {k} must be positive, got {getattr(self, k)}")
         if not 0 <= self.warmup < 1:
@@ -92,18 +89,20 @@ def set_threads(n: int) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# linear probes: the heads
+# the fixed heads
 
 
-def features(encoder: torch.nn.Module, encoded: Sequence[list], batch_size: int = 32, bf16: bool = False) -> torch.Tensor:
-    """Pooled sentence embeddings, in input order."""
-    dev = next(encoder.parameters()).device
-    out = torch.empty(len(encoded), models.hidden_size())
-    encoder.eval()
-    with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
-        for idx in models.length_batches(encoded, batch_size):
-            out[idx] = models.pooled(encoder, models.collate([encoded[i] for i in idx], dev)).float().cpu()
-    return out
+class Heads(torch.nn.Module):
+    """One linear classifier per task on the encoder's pooled features, fitted once on the frozen
+    pretrained encoder (a linear probe) and then kept fixed: every encoder — pretrained,
+    fine-tuned, multitask, merged — is read through the same heads (the paper's ViT protocol)."""
+
+    def __init__(self, shapes: Mapping[str, tuple[int, int]]):
+        super().__init__()
+        self.heads = torch.nn.ModuleDict({t: torch.nn.Linear(d, k) for t, (k, d) in shapes.items()})
+
+    def forward(self, task: str, pooled: torch.Tensor) -> torch.Tensor:
+        return self.heads[task](pooled)
 
 
 def fit_linear(x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float = 1e-3, max_iter: int = 200) -> torch.nn.Linear:
@@ -129,31 +128,12 @@ def fit_linear(x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float = 1e-
     return head
 
 
-def fit_heads(data: Mapping[str, TaskData], n_examples: int = 1000, l2: float = 1e-3, max_len: int = 64,
-              autocast: str = "auto", progress: bool = True) -> dict[str, torch.Tensor]:
-    """Fit every task's head on the frozen pretrained encoder; a state dict ``<task>.weight``,
-    ``<task>.bias``."""
-    dev = device()
-    bf16 = resolve_autocast(autocast, dev)
-    encoder = models.load_encoder(device=dev)
-    state = {}
-    for task in tqdm(list(data), desc="linear probes", disable=not progress, leave=False):
-        d = data[task]
-        train = d.train[:n_examples]
-        x = features(encoder, models.encode(train, max_len), bf16=bf16)
-        y = torch.tensor([e.label for e in train])
-        head = fit_linear(x, y, len(d.labels), l2)
-        state[f"{task}.weight"] = head.weight.detach().clone()
-        state[f"{task}.bias"] = head.bias.detach().clone()
-    return state
-
-
-def heads_module(state: Mapping[str, torch.Tensor], tasks: Sequence[str] | None = None) -> models.Heads:
+def heads_module(state: Mapping[str, torch.Tensor], tasks: Sequence[str] | None = None) -> Heads:
     tasks = tasks or sorted({k.rsplit(".", 1)[0] for k in state})
     missing = [t for t in tasks if f"{t}.weight" not in state]
     if missing:
         raise TiesnbError(f"no fitted head for task(s) {', '.join(missing)}: run the probe step first")
-    heads = models.Heads({t: state[f"{t}.weight"].shape[0] for t in tasks})
+    heads = Heads({t: tuple(state[f"{t}.weight"].shape) for t in tasks})
     with torch.no_grad():
         for t in tasks:
             heads.heads[t].weight.copy_(state[f"{t}.weight"])
@@ -164,19 +144,6 @@ def heads_module(state: Mapping[str, torch.Tensor], tasks: Sequence[str] | None 
 
 # ----------------------------------------------------------------------------------------------
 # (IA)^3
-
-
-IA3_TARGETS = r".*\.attention\.self\.(key|value)|.*\.layer\.\d+\.output\.dense"
-IA3_FEEDFORWARD = r".*\.layer\.\d+\.output\.dense"
-
-
-def ia3_model(encoder: torch.nn.Module):
-    """Wrap the encoder with (IA)³ vectors on keys, values and the FFN's intermediate activations
-    (the paper's placement), all initialised to 1."""
-    from peft import IA3Config, get_peft_model
-
-    cfg = IA3Config(target_modules=IA3_TARGETS, feedforward_modules=IA3_FEEDFORWARD)
-    return get_peft_model(encoder, cfg)
 
 
 def ia3_state(peft_model) -> dict[str, torch.Tensor]:
@@ -222,87 +189,49 @@ def record_step(loss: torch.Tensor, step: int, cfg: TrainConfig, bar, history: l
         history.append(value)
 
 
-def _schedule(step: int, cfg: TrainConfig) -> float:
+def linear_schedule(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up over ``warmup`` of the steps, then linear decay to 0."""
     warm = int(cfg.warmup * cfg.steps)
     if step < warm:
         return (step + 1) / warm
     return max(0.0, (cfg.steps - step) / max(1, cfg.steps - warm))
 
 
-def finetune(cfg: TrainConfig, data: Mapping[str, TaskData], heads_state: Mapping[str, torch.Tensor],
-             progress: bool = True, history: list | None = None) -> dict[str, torch.Tensor]:
-    """Train the encoder (mode ``full``) or (IA)³ vectors (mode ``ia3``) on ``cfg.tasks`` with
-    the heads frozen; returns the encoder state dict, or the (IA)³ vectors. The loss of every
-    step is appended to ``history`` if given."""
-    cfg.check()
-    set_threads(cfg.threads)
-    dev = device()
-    bf16 = resolve_autocast(cfg.autocast, dev)
-    torch.manual_seed(cfg.seed)
-    heads = heads_module(heads_state, cfg.tasks).to(dev)
-    encoder = models.load_encoder(device=dev)
-    sparse = []
-    if cfg.mode == "ia3":
-        net = ia3_model(encoder)
-        params = [p for p in net.parameters() if p.requires_grad]
-    else:
-        net = encoder
-        for n, p in net.named_parameters():
-            p.requires_grad_(cfg.train_embeddings or not n.startswith("embeddings."))
-        if cfg.train_embeddings and cfg.sparse_embeddings:
-            # A batch touches a few hundred of the 30,522 word-embedding rows: a sparse gradient and
-            # lazy Adam (moments and weights of those rows only, no weight decay) cost almost
-            # nothing, where dense AdamW would read and write all 11.7 M entries every step.
-            words = net.embeddings.word_embeddings
-            words.sparse = True
-            sparse = [words.weight]
-        params = [p for p in net.parameters() if p.requires_grad and not any(p is q for q in sparse)]
-    opts = [torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)]
-    if sparse:
-        opts.append(torch.optim.SparseAdam(sparse, lr=cfg.lr))
-    scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: _schedule(s, cfg)) for o in opts]
-    encoded = {t: models.encode(data[t].train, cfg.max_len) for t in cfg.tasks}
-    labels = {t: [e.label for e in data[t].train] for t in cfg.tasks}
-    gen = torch.Generator().manual_seed(cfg.seed)
-    orders = {t: [] for t in cfg.tasks}
+class Sampler:
+    """The order in which training examples are drawn, seeded: each task's examples in epochs of
+    random permutations; a multitask batch draws each example's task uniformly, then sorts the
+    batch by task (each head reads one contiguous slice)."""
 
-    def draw(task: str) -> int:  # epochs of seeded permutations
-        if not orders[task]:
-            orders[task] = torch.randperm(len(encoded[task]), generator=gen).tolist()
-        return orders[task].pop()
+    def __init__(self, sizes: Mapping[str, int], seed: int):
+        self.tasks, self.sizes = list(sizes), dict(sizes)
+        self.gen = torch.Generator().manual_seed(seed)
+        self.orders: dict[str, list[int]] = {t: [] for t in self.tasks}
 
-    net.train()
-    name = "+".join(cfg.tasks) if len(cfg.tasks) < 3 else "multitask"
-    bar = progress_.bar(range(cfg.steps), desc=f"train {name} ({cfg.mode}, seed {cfg.seed})", disable=not progress)
-    for step in bar:
-        if len(cfg.tasks) == 1:
-            picks = [(cfg.tasks[0], draw(cfg.tasks[0])) for _ in range(cfg.batch_size)]
-        else:  # multitask: each example's task drawn uniformly
-            which = torch.randint(len(cfg.tasks), (cfg.batch_size,), generator=gen).tolist()
-            picks = [(cfg.tasks[w], draw(cfg.tasks[w])) for w in which]
-        picks.sort(key=lambda p: cfg.tasks.index(p[0]))
-        batch = models.collate([encoded[t][i] for t, i in picks], dev)
-        y = torch.tensor([labels[t][i] for t, i in picks], device=dev)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
-            pooled = models.pooled(net, batch)
-        loss = 0.0
-        pos = 0
-        for t in cfg.tasks:
-            n = sum(1 for p in picks if p[0] == t)
-            if n:
-                logits = heads(t, pooled[pos:pos + n].float())
-                loss = loss + F.cross_entropy(logits, y[pos:pos + n], reduction="sum")
-                pos += n
-        loss = loss / cfg.batch_size
-        for o in opts:
-            o.zero_grad(set_to_none=True)
-        loss.backward()
-        for o, sc in zip(opts, scheds):
-            o.step()
-            sc.step()
-        record_step(loss, step, cfg, bar, history)
-    net.eval()
-    return ia3_state(net) if cfg.mode == "ia3" else models.encoder_state(encoder)
+    def draw(self, task: str) -> int:
+        if not self.orders[task]:
+            self.orders[task] = torch.randperm(self.sizes[task], generator=self.gen).tolist()
+        return self.orders[task].pop()
+
+    def batch(self, size: int) -> list[tuple[str, int]]:
+        """``size`` (task, example index) pairs, grouped by task in the order of ``tasks``."""
+        if len(self.tasks) == 1:
+            picks = [(self.tasks[0], self.draw(self.tasks[0])) for _ in range(size)]
+        else:
+            which = torch.randint(len(self.tasks), (size,), generator=self.gen).tolist()
+            picks = [(self.tasks[w], self.draw(self.tasks[w])) for w in which]
+        picks.sort(key=lambda p: self.tasks.index(p[0]))
+        return picks
+
+
+def heads_loss(heads: "Heads", picks: Sequence[tuple[str, int]], pooled: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of a batch grouped by task (:meth:`Sampler.batch`), each slice through
+    its task's head."""
+    loss, pos = 0.0, 0
+    for t in dict.fromkeys(p[0] for p in picks):
+        n = sum(1 for p in picks if p[0] == t)
+        loss = loss + F.cross_entropy(heads(t, pooled[pos:pos + n].float()), y[pos:pos + n], reduction="sum")
+        pos += n
+    return loss / len(picks)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -313,10 +242,9 @@ def _canonical(obj) -> str:
     return json.dumps(obj, sort_keys=True, default=str)
 
 
-def train_checkpoint(cfg: TrainConfig, data: Mapping, heads_state: Mapping[str, torch.Tensor],
-                     out: str | os.PathLike, extra: Mapping | None = None, progress: bool = True,
-                     trainer=None) -> Path:
-    """Train (with ``trainer``, default :func:`finetune`) and save to ``out`` (``model.safetensors``
+def train_checkpoint(trainer, cfg: TrainConfig, data: Mapping, heads_state: Mapping[str, torch.Tensor],
+                     out: str | os.PathLike, extra: Mapping | None = None, progress: bool = True) -> Path:
+    """Train (``trainer(cfg, data, heads_state, progress=, history=)``, a family's) and save to ``out`` (``model.safetensors``
     + ``params.json``), unless ``out`` already holds a checkpoint made with the identical resolved
     parameters (then it is reused)."""
     out = Path(out)
@@ -333,7 +261,7 @@ def train_checkpoint(cfg: TrainConfig, data: Mapping, heads_state: Mapping[str, 
             pass
     history: list[float] = []
     t0 = time.time()
-    state = (trainer or finetune)(cfg, data, heads_state, progress=progress, history=history)
+    state = trainer(cfg, data, heads_state, progress=progress, history=history)
     if int(os.environ.get("RANK", "0")) != 0:  # under `accelerate launch` only the first process saves
         return out
     metrics = {"seconds": round(time.time() - t0, 1), "loss": [round(x, 4) for x in history]}

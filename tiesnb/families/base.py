@@ -1,0 +1,105 @@
+"""The interface every model family implements, and what it inherits.
+
+A *family* is one kind of model with everything that is particular to it: how its tasks' data is
+read, its pretrained weights, its heads (if any), how one of its models is trained and evaluated,
+which parameters merge, and the statistics of the Fisher and RegMean baselines. A study names its
+family in ``model:`` and gives the family's own settings in a section of the same name::
+
+    model: minilm
+    minilm:
+      max_len: 64
+
+:class:`~tiesnb.study.Study` — seeds, caching, evaluation rows, merging, outputs — is the same for
+every family and asks it only the questions below. Adding a family: one module with a subclass of
+:class:`Family` and its ``Settings`` dataclass, and one line in ``FAMILIES`` (``families/__init__``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping
+
+import torch
+
+from ..errors import TiesnbError
+
+
+@dataclass
+class NoSettings:
+    """A family without settings of its own."""
+
+
+class Family:
+    name: str = ""
+    Settings: type = NoSettings  # the dataclass of this family's section in study.yaml
+    modes: tuple[str, ...] = ("full",)  # what the study's ``mode`` may be (ia3: (IA)³ vectors are trained)
+    cache_data: bool = True  # the splits are kept as JSON under runs/<study>/data (cheap readers: no)
+    assets: tuple[str, ...] = ()  # the offline assets `tiesnb data fetch --study` downloads (none: a hub family)
+
+    def check(self, study) -> None:
+        """Raise a one-line error for a setting the family cannot use (called once per study)."""
+
+    # ---------------------------------------------------------------- data
+    def data_key(self, study) -> str:
+        """What the splits depend on besides the task (a part of their cache file's name)."""
+        c = study.config
+        return f"{c.split_seed}-{c.n_train}-{c.n_val}-{c.n_test}"
+
+    def load_task(self, study, task: str):
+        """One task's splits, an object with ``train``, ``val``, ``test``, ``split(name)`` and a
+        ``fingerprint`` of its content (and ``to_json`` when ``cache_data``)."""
+        raise NotImplementedError
+
+    def task_data(self, study, task: str, raw: dict):
+        """The splits back from their JSON (``cache_data`` only)."""
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- heads, training
+    def heads_settings(self, study) -> dict:
+        """What the fitted heads depend on besides the data (they are refitted when it changes)."""
+        return {}
+
+    def fit_heads(self, study, progress: bool) -> dict[str, torch.Tensor]:
+        """The fixed heads, ``<task>.weight`` / ``<task>.bias``; {} for a family that needs none."""
+        return {}
+
+    def train_config(self, study, tasks: list[str]):
+        """A :class:`~tiesnb.training.TrainConfig` (or the family's subclass) for these tasks;
+        the study sets ``steps``."""
+        raise NotImplementedError
+
+    def trainer(self):
+        """``trainer(cfg, data, heads_state, progress=, history=) -> state dict``."""
+        raise NotImplementedError
+
+    def pretrained(self, study) -> dict[str, torch.Tensor]:
+        """The pretrained state task vectors start from."""
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- merging, evaluation
+    def merge_options(self, study, params: Mapping[str, Any]) -> dict:
+        """``exclude``, ``tied``, ``multiplicity`` for the merge engine."""
+        return {}
+
+    def eval_settings(self, study) -> list:
+        """What an evaluation's result depends on besides the model, the data and the heads."""
+        return [study.config.model, asdict(study.settings), study.config.eval_batch_size, study.config.autocast]
+
+    def evaluator(self, study):
+        """An object whose ``scores(state, task, split)`` gives ``(predictions, correct per
+        example, spread over templates or None)`` (``state`` None: the pretrained model)."""
+        raise NotImplementedError
+
+    variants_name = "variants"  # the table of the evaluation variants (figures/<name>.md)
+
+    def evaluation_variants(self, study) -> dict[str, dict]:
+        """Other ways to evaluate the same models, ``{name: settings to change}`` (the first is the
+        reference of the paired difference; {}: one way only)."""
+        return {}
+
+    def variants_caption(self, study) -> str:
+        return ""
+
+    def statistic(self, study, kind: str, task: str, progress: bool) -> dict[str, torch.Tensor]:
+        """The diagonal Fisher (``fisher``) or the input Gram matrices (``grams``) of a task model."""
+        raise TiesnbError(f"the {self.name} family has no {kind} statistics")
