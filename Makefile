@@ -1,6 +1,8 @@
 # tiesnb: the front door. `make help` lists the targets.
 #   make study              set up, then run the whole study on the embedded default (3 seeds)
 #   make study STUDY=quick  the same with one seed and smaller grids
+#   make study STUDY=vision the embedded vision study (EfficientNet-Lite0, 6 image tasks, 3 seeds)
+#   make studies            every committed figure: the text study, then the vision study
 #   make test               set up, then run the tests
 #   make study STUDY=smoke  the same pipeline on a few examples (what the tests run)
 PYTHON ?= python3
@@ -29,7 +31,7 @@ SETTINGS := $(P)/study.yaml $(PB)/study.yaml
 
 .DEFAULT_GOAL := help
 .PHONY: help setup data test study notebooks probe train evaluate merge_sweep interference ablations num_tasks steps \
-        lab report bench clean-study clean-venv
+        lab report bench clean-study clean-venv studies
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -73,6 +75,10 @@ study: setup  ## set up, then run the study (STUDY=default) and write figures/ a
 	$(TIESNB) data fetch --study $(STUDY) && \
 	TIESNB_THREADS=$${TIESNB_THREADS:-$(THREADS)} $(MAKE) --no-print-directory -j$(JOBS) notebooks STUDY=$(STUDY) && \
 	echo "study $(STUDY): up to date, $$(( $$(date +%s) - start )) s"
+
+studies: setup  ## every committed study, one after the other: figures/ (text) and figures/vision/
+	$(MAKE) --no-print-directory study STUDY=default
+	$(MAKE) --no-print-directory study STUDY=vision
 
 # merge_sweep → ablations is the longest chain: it goes first
 notebooks: $(STAMPS)/merge_sweep.json $(STAMPS)/evaluate.json $(STAMPS)/num_tasks.json $(STAMPS)/interference.json \

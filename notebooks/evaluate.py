@@ -19,7 +19,7 @@
 # its 95 % interval. Then how each fine-tuned model does on the *other* tasks — what a merge has
 # to preserve.
 #
-# Writes `individual` (table) and `cross_task` (figure, with its data).
+# Writes `individual` and `gains` (tables) and `cross_task` (figure, with its data).
 
 # %% tags=["parameters"]
 study: str = "default"  # which study: params/<study>/study.yaml
@@ -51,6 +51,23 @@ S.save_table(table, "individual", "evaluate", params, markdown=tables.markdown(t
                      f"multitask model; the average over tasks with its 95 % interval (bootstrap over seeds and test "
                      f"examples) and the range of the per-seed averages.")
 table.round(1)
+
+# %% [markdown]
+# Does fine-tuning beat the probe on every task? The paired difference fine-tuned − zero-shot per
+# task (points), with its 95 % interval (seeds and test examples resampled, paired).
+
+# %%
+gains = pd.concat([tables.compare(rows[rows.task == t], [(t, "fine-tuned", "zero-shot")], [t], S.seeds)
+                   for t in S.tasks] +
+                  [tables.compare(rows, [("average over tasks", "fine-tuned", "zero-shot")], S.tasks, S.seeds)])
+gains = gains.rename(columns={"comparison": "task"}).drop(columns=["a", "b"])
+gains["verdict"] = ["fine-tuned ahead" if lo > 0 else "fine-tuned behind" if hi < 0 else "not separated"
+                    for lo, hi in zip(gains.lo, gains.hi)]
+S.save_table(gains, "gains", "evaluate", params, markdown=tables.markdown(gains),
+             caption=f"Fine-tuned − zero-shot (the probe on the pretrained encoder), {split} accuracy in points, per "
+                     f"task and averaged, mean over {len(S.seeds)} seeds with the paired 95 % interval; per seed in "
+                     f"the last columns.")
+gains.round(2)
 
 # %% [markdown]
 # Each fine-tuned model on every task (rows: the task it was trained on), as accuracy gained

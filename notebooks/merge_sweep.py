@@ -238,8 +238,7 @@ if variants:
                                                   for d, lo, hi, sep in zip(diff.difference, diff.lo, diff.hi, diff.separated)]
     data_v = pd.concat(parts).merge(diff.rename(columns={"comparison": "method"})[["method", "difference", "lo", "hi"]],
                                    on="method", how="left")
-    S.save_data(data_v, S.family.variants_name)
-    S.save_table(wide_v, S.family.variants_name, "merge_sweep", params, markdown=tables.plain_markdown(wide_v),
+    S.save_table(data_v, S.family.variants_name, "merge_sweep", params, markdown=tables.plain_markdown(wide_v),
                  caption=S.family.variants_caption(S) + f" Mean {report_split} accuracy (%) over the tasks and "
                          f"{len(S.seeds)} seeds with 95 % intervals; the difference is paired (bootstrap over seeds "
                          f"and test examples). Every row at its Table 1 setting (chosen with the statistics "

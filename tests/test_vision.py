@@ -144,7 +144,7 @@ def test_grams_of_pointwise_convolutions_and_regmean_on_them():
     d = _tiny_task(6)
     state = vision.encoder_state(vision.load_encoder(size=32))
     grams = vision.gram_matrices(state, d.train[0], 6, image_size=32, batch_size=4, progress=False)
-    enc = vision.load_encoder(state, 32)
+    enc = vision.load_encoder(state, 32).eval()
     conv = enc.net._blocks[1]._expand_conv
     seen = []
     conv.register_forward_hook(lambda m, i, o: seen.append(i[0].detach()))
@@ -164,3 +164,52 @@ def test_grams_of_pointwise_convolutions_and_regmean_on_them():
     G = [gg[key].double() for gg in g]
     want = (sum(Wi @ Gi for Wi, Gi in zip(W, G)) @ torch.linalg.inv(sum(G))).float().reshape(w.shape)
     assert torch.allclose(got, want, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# the vision study's pipeline on a few images (params/vision-smoke)
+
+
+@pytest.fixture(scope="module")
+def vision_smoke_run(tmp_path_factory):
+    pytest.importorskip("efficientnet_lite_pytorch")
+    import os
+    import subprocess
+    import sys
+
+    from tiesnb import paths
+
+    runs = tmp_path_factory.mktemp("runs")
+    env = {**os.environ, "TIESNB_RUNS": str(runs), "PYTHONWARNINGS": "ignore"}
+    for run in ["probe", "train-digits", "train-fashion_gear", "train-multitask", "evaluate", "merge_sweep",
+                "interference", "ablations", "num_tasks"]:
+        nb = run.split("-")[0]
+        own = paths.PARAMS / "vision-smoke" / f"{run}.yaml"
+        params = own if own.exists() else paths.PARAMS / "vision" / f"{run}.yaml"
+        r = subprocess.run([sys.executable, "-m", "tiesnb.cli", "run", nb, "--study", "vision-smoke", "--quiet",
+                            "--params", str(params)], env=env, capture_output=True, text=True, cwd=paths.ROOT)
+        assert r.returncode == 0, f"{run} failed:\n{r.stderr[-3000:]}"
+    return runs / "vision-smoke"
+
+
+def test_the_vision_study_writes_every_output_and_the_batchnorm_table(vision_smoke_run):
+    import pandas as pd
+
+    from tiesnb import pipeline
+
+    figures = vision_smoke_run / "figures"
+    for name in [o for outs in pipeline.OUTPUTS.values() for o in outs] + ["batchnorm"]:
+        assert (figures / f"{name}.csv").stat().st_size > 0, name
+    for seed in (0, 1):
+        for task in ("digits", "fashion_gear", "multitask"):
+            assert (vision_smoke_run / f"seed-{seed}" / "checkpoints" / task / "model.safetensors").exists()
+    t1 = pd.read_csv(figures / "table1.csv")
+    assert {"zero-shot", "fine-tuned", "TIES", "RegMean", "Fisher"} <= set(t1.method)
+    assert "paper ViT-B/32" in t1.columns
+    bn = pd.read_csv(figures / "batchnorm.csv")
+    assert set(bn.variant) == {"kept", "re-estimated"} and set(bn.method) == set(t1.method)
+    # the kept variant is Table 1 itself (the same cached evaluations)
+    kept = bn[bn.variant == "kept"].set_index("method")["average"]
+    assert kept.loc[t1.method].to_numpy() == pytest.approx(t1.set_index("method")["average"].to_numpy())
+    md = (figures / "batchnorm.md").read_text()
+    assert "The study's tables use: kept" in md and "re-estimated − kept [95% CI]" in md

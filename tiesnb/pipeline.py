@@ -36,15 +36,17 @@ NOTEBOOKS = ["probe", "train", "evaluate", "merge_sweep", "interference", "ablat
 OUTPUTS = {
     "probe": [],
     "train": [],
-    "evaluate": ["individual", "cross_task"],
+    "evaluate": ["individual", "gains", "cross_task"],
     "merge_sweep": ["table1", "merge_sweep", "comparisons", "sensitivity"],
     "interference": ["redundancy", "sign_conflicts", "magnitudes"],
     "ablations": ["ablations"],
     "num_tasks": ["num_tasks"],
 }
+# written only for a family with evaluation variants (vision: BatchNorm kept / re-estimated)
+FAMILY_OUTPUTS = {"batchnorm": "merge_sweep"}
 
 # the outputs that are tables (CSV + Markdown); the others are figures (PNG + PDF + CSV)
-TABLES = {"individual", "table1", "merge_sweep", "comparisons", "ablations"}
+TABLES = {"individual", "gains", "table1", "merge_sweep", "comparisons", "ablations", "batchnorm"}
 
 _TYPES = {"str": str, "int": int, "float": float, "bool": bool, "list": list, "dict": dict, "None": type(None)}
 
@@ -162,6 +164,8 @@ def run(notebook: str, study: str, params_file: str | Path | None = None, run_na
 def owner(output: str) -> str:
     """The notebook that writes a figure or table (by name, with or without extension)."""
     name = Path(output).name.split(".")[0]
+    if name in FAMILY_OUTPUTS:
+        return FAMILY_OUTPUTS[name]
     for nb, outs in OUTPUTS.items():
         if name in outs:
             return nb

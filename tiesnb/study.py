@@ -14,7 +14,7 @@ row it returns carries ``seed``; the notebooks loop over ``study.seeds`` and the
 mean over seeds with an interval (:mod:`tiesnb.stats`).
 
 Expensive steps are reused when their resolved parameters have not changed: checkpoints (see
-:func:`tiesnb.train.train_checkpoint`), statistics, and every evaluation, cached — accuracy and
+:func:`tiesnb.training.train_checkpoint`), statistics, and every evaluation, cached — accuracy and
 the prediction for every example — under a key of everything that determines it: the merge
 recipe, the inputs' fingerprints, the data, the heads, the evaluation settings and the code of
 the modules on the evaluation path.
@@ -285,7 +285,8 @@ class Study:
 
         rows = []
         for t, d in self.data().items():
-            row = {"task": t, "train": len(d.train), "val": len(d.val), "test": len(d.test)}
+            count = lambda split: len(split[1]) if isinstance(split, tuple) else len(split)  # noqa: E731  (images, labels)
+            row = {"task": t, "train": count(d.train), "val": count(d.val), "test": count(d.test)}
             if hasattr(d, "labels"):
                 row["classes"] = len(d.labels)
             if hasattr(d, "templates"):

@@ -168,7 +168,7 @@ def zero_shot_heads(model_path: str, data: Mapping[str, CLIPTaskData], template:
     out = {}
     for task, d in data.items():
         tokens = processor.tokenizer([template.format(c) for c in d.labels], padding=True, return_tensors="pt")
-        text = F.normalize(clip.get_text_features(**tokens), dim=-1)
+        text = F.normalize(clip.text_projection(clip.text_model(**tokens).pooler_output), dim=-1)
         out[f"{task}.weight"] = (clip.logit_scale.exp() * text).float().clone()
         out[f"{task}.bias"] = torch.zeros(len(d.labels))
     return out
@@ -302,7 +302,7 @@ def make_tiny_clip(folder, seed: int = 0, image_size: int = 32) -> str:
     processor for ``image_size`` pixels, saved to ``folder``: the tests' stand-in for ViT-B/32."""
     from pathlib import Path
 
-    from tokenizers import Tokenizer, models as tmodels, pre_tokenizers
+    from tokenizers import Tokenizer, models as tmodels, pre_tokenizers, processors
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, PreTrainedTokenizerFast
 
     folder = Path(folder)
@@ -310,6 +310,7 @@ def make_tiny_clip(folder, seed: int = 0, image_size: int = 32) -> str:
         "t-shirt/top trouser pullover dress coat sandal shirt sneaker bag ankle boot airplane automobile bird cat deer dog frog horse ship truck".split()
     tk = Tokenizer(tmodels.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tk.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[("<s>", 2), ("</s>", 3)])
     tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="</s>")
     torch.manual_seed(seed)
     cfg = CLIPConfig(text_config={"vocab_size": len(words), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,

@@ -92,7 +92,7 @@ def load_encoder(state: Mapping[str, torch.Tensor] | None = None, size: int = 64
         missing, unexpected = enc.net.load_state_dict(state, strict=False)
         if unexpected or [m for m in missing if not m.startswith("_fc.")]:
             raise TiesnbError(f"not an EfficientNet-Lite0 encoder state: {(unexpected or missing)[:3]}")
-    return enc
+    return enc.eval()  # BatchNorm uses its running statistics until a trainer says otherwise
 
 
 def batches(n: int, size: int) -> Iterable[slice]:

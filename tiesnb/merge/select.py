@@ -103,14 +103,19 @@ class TopK:
         bits = a.reshape(-1).view(torch.int32)
         if self.stage == 1:
             hi = bits >> 16
-            h = torch.bincount(hi, minlength=HI_BINS)
-            self.hist += h if times == 1 else h * times
             self.total += bits.numel() * times
-            if self.nonzero_low is not None:
-                odd = hi[(bits & 0xFFFF) != 0]
-                if odd.numel():
-                    h = torch.bincount(odd, minlength=HI_BINS)
-                    self.nonzero_low += h if times == 1 else h * times
+            if self.nonzero_low is None:
+                h = torch.bincount(hi, minlength=HI_BINS)
+                self.hist += h if times == 1 else h * times
+                return
+            # one histogram of 2 × 32,768 keys: the bin, plus 32,768 when the low bits are not 0
+            # (bit 15 of the key: a non-negative float's top 16 bits are below 2¹⁵)
+            hi.bitwise_or_((bits & 0xFFFF).ne_(0).bitwise_left_shift_(15))
+            h = torch.bincount(hi, minlength=2 * HI_BINS)
+            h = h if times == 1 else h * times
+            odd = h[HI_BINS:]
+            self.hist += h[:HI_BINS] + odd
+            self.nonzero_low += odd
         elif self.stage == 2:
             low = bits[(bits >> 16) == self.bin] & 0xFFFF
             if low.numel():
