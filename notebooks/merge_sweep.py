@@ -103,9 +103,8 @@ def picks_on(sw: pd.DataFrame, seed: int | None) -> list:
 
 
 pooled = None if choose_per_seed else picks_on(sweep_all, None)
-picks_of = {}
 for Ss in S.each_seed():
-    picks = picks_of[Ss.seed] = picks_on(sweep_all[sweep_all.seed == Ss.seed], Ss.seed) if choose_per_seed else pooled
+    picks = picks_on(sweep_all[sweep_all.seed == Ss.seed], Ss.seed) if choose_per_seed else pooled
     choices[Ss.seed] = {label: {"method": m, "params": {k: v for k, v in hp.items() if k not in ("fishers", "grams")},
                                 "edge": edges} for m, label, hp, edges in picks}
     test = Ss.evaluate_checkpoint(None, S.tasks, report_split, "zero-shot")
@@ -199,51 +198,6 @@ S.save_table(comparisons, "comparisons", "merge_sweep", params, markdown=tables.
                      f"with 95 % intervals (bootstrap over seeds and test examples, paired); 'not separated' when "
                      f"the interval includes 0. Per-seed differences in the last columns.")
 comparisons.round(2)
-
-# %% [markdown]
-# ## The same models evaluated another way (the vision family: BatchNorm statistics)
-#
-# A family may evaluate a model in more than one way (`Family.evaluation_variants`); the vision
-# family's BatchNorm running statistics are either kept (merged like any tensor) or re-estimated on
-# unlabelled training images of every task. Every Table 1 row at the same chosen setting, under
-# each variant, and the paired difference between the variants with its interval. Nothing is
-# written for a family with one way (text, seq2seq).
-
-# %%
-variants = S.family.evaluation_variants(S)
-if variants:
-    var_rows = []
-    for vname, overrides in variants.items():
-        V = S.variant(**overrides)
-        for Vs in V.each_seed():
-            rows = Vs.evaluate_checkpoint(None, S.tasks, report_split, "zero-shot")
-            for t in S.tasks:
-                rows += Vs.evaluate_checkpoint(t, [t], report_split, "fine-tuned")
-            rows += Vs.evaluate_checkpoint(MULTITASK, S.tasks, report_split, "multitask")
-            for method, label, hp, _ in progress.bar(picks_of[Vs.seed], desc=f"{vname} (seed {Vs.seed})"):
-                rows += Vs.evaluate_merge(method, report_split, label=label, **hp)
-            var_rows += [{**r, "method": f"{r['method']} [{vname}]"} for r in rows]
-    var_rows = pd.DataFrame(var_rows)
-    names = list(variants)
-    parts = []
-    for vname in names:
-        summ = tables.summary(var_rows, [f"{l} [{vname}]" for l in labels], S.tasks, S.seeds)
-        parts.append(summ.assign(method=labels, variant=vname)[["method", "variant", "average", "average_lo", "average_hi"]])
-    diff = tables.compare(var_rows, [(l, f"{l} [{names[1]}]", f"{l} [{names[0]}]") for l in labels], S.tasks, S.seeds)
-    wide_v = pd.DataFrame({"method": labels})
-    for part, vname in zip(parts, names):
-        wide_v[f"{vname} [95% CI]"] = [f"{m:.1f} [{lo:.1f}, {hi:.1f}]" for m, lo, hi in
-                                      zip(part.average, part.average_lo, part.average_hi)]
-    wide_v[f"{names[1]} − {names[0]} [95% CI]"] = [f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}]" + ("" if sep else " (not separated)")
-                                                  for d, lo, hi, sep in zip(diff.difference, diff.lo, diff.hi, diff.separated)]
-    data_v = pd.concat(parts).merge(diff.rename(columns={"comparison": "method"})[["method", "difference", "lo", "hi"]],
-                                   on="method", how="left")
-    S.save_table(data_v, S.family.variants_name, "merge_sweep", params, markdown=tables.plain_markdown(wide_v),
-                 caption=S.family.variants_caption(S) + f" Mean {report_split} accuracy (%) over the tasks and "
-                         f"{len(S.seeds)} seeds with 95 % intervals; the difference is paired (bootstrap over seeds "
-                         f"and test examples). Every row at its Table 1 setting (chosen with the statistics "
-                         f"{S.settings.merged_batchnorm}).")
-    print(wide_v.to_string(index=False))
 
 # %% [markdown]
 # ## Sensitivity to λ and k (validation)

@@ -182,7 +182,7 @@ def vision_smoke_run(tmp_path_factory):
     runs = tmp_path_factory.mktemp("runs")
     env = {**os.environ, "TIESNB_RUNS": str(runs), "PYTHONWARNINGS": "ignore"}
     for run in ["probe", "train-digits", "train-fashion_gear", "train-multitask", "evaluate", "merge_sweep",
-                "interference", "ablations", "num_tasks"]:
+                "interference", "ablations", "num_tasks", "variants"]:
         nb = run.split("-")[0]
         own = paths.PARAMS / "vision-smoke" / f"{run}.yaml"
         params = own if own.exists() else paths.PARAMS / "vision" / f"{run}.yaml"

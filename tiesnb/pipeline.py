@@ -32,7 +32,7 @@ from .progress import Relay
 
 # The study's notebooks in the order they run, and the figures and tables each one writes
 # (each output is written by exactly one notebook, under a fixed name).
-NOTEBOOKS = ["probe", "train", "evaluate", "merge_sweep", "interference", "ablations", "num_tasks"]
+NOTEBOOKS = ["probe", "train", "evaluate", "merge_sweep", "interference", "ablations", "num_tasks", "variants"]
 OUTPUTS = {
     "probe": [],
     "train": [],
@@ -41,9 +41,10 @@ OUTPUTS = {
     "interference": ["redundancy", "sign_conflicts", "magnitudes"],
     "ablations": ["ablations"],
     "num_tasks": ["num_tasks"],
+    "variants": [],
 }
 # written only for a family with evaluation variants (vision: BatchNorm kept / re-estimated)
-FAMILY_OUTPUTS = {"batchnorm": "merge_sweep"}
+FAMILY_OUTPUTS = {"batchnorm": "variants"}
 
 # the outputs that are tables (CSV + Markdown); the others are figures (PNG + PDF + CSV)
 TABLES = {"individual", "gains", "table1", "merge_sweep", "comparisons", "ablations", "batchnorm"}

@@ -234,6 +234,30 @@ def heads_loss(heads: "Heads", picks: Sequence[tuple[str, int]], pooled: torch.T
     return loss / len(picks)
 
 
+def fine_tune_loop(encoder: torch.nn.Module, heads: "Heads", cfg: TrainConfig, sizes: Mapping[str, int], batch,
+                   progress: bool = True, history: list | None = None) -> None:
+    """The fine-tuning loop of a family with one optimiser (vision, clip): AdamW over every
+    parameter of ``encoder``, the linear schedule, batches from :class:`Sampler` over ``sizes``
+    (training examples per task); ``batch(picks) -> (inputs, labels)`` builds a batch. The
+    caller puts the encoder in the mode it trains in (dropout, BatchNorm) beforehand."""
+    from . import progress as progress_
+
+    opt = torch.optim.AdamW(encoder.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: linear_schedule(s, cfg))
+    sampler = Sampler(sizes, cfg.seed)
+    name = "+".join(cfg.tasks) if len(cfg.tasks) < 3 else "multitask"
+    bar = progress_.bar(range(cfg.steps), desc=f"train {name} (seed {cfg.seed})", disable=not progress)
+    for step in bar:
+        picks = sampler.batch(cfg.batch_size)
+        x, y = batch(picks)
+        loss = heads_loss(heads, picks, encoder(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        record_step(loss, step, cfg, bar, history)
+
+
 # ----------------------------------------------------------------------------------------------
 # checkpoints with skip-if-identical
 

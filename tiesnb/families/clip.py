@@ -29,8 +29,7 @@ import torch.nn.functional as F
 
 from .. import progress as progress_
 from ..errors import TiesnbError
-from ..training import (Sampler, TrainConfig, device, heads_loss, heads_module, linear_schedule, record_step,
-                        set_threads)
+from ..training import TrainConfig, device, fine_tune_loop, heads_module, set_threads
 from .base import Family
 from .common import LinearGrams, expected_fisher, quiet_transformers
 
@@ -201,21 +200,11 @@ def finetune(cfg: CLIPTrainConfig, data: Mapping[str, CLIPTaskData], heads_state
     dev = device()
     heads = heads_module(heads_state, cfg.tasks).to(dev)
     enc = load_encoder(cfg.model_path).to(dev)
-    opt = torch.optim.AdamW(enc.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: linear_schedule(s, cfg))
-    sampler = Sampler({t: len(data[t].train[1]) for t in cfg.tasks}, cfg.seed)
     enc.train()
-    bar = progress_.bar(range(cfg.steps), desc=f"train {'+'.join(cfg.tasks)} (seed {cfg.seed})", disable=not progress)
-    for step in bar:
-        picks = sampler.batch(cfg.batch_size)
-        x = enc.pixels([data[t].train[0][i] for t, i in picks]).to(dev)
-        y = torch.tensor([int(data[t].train[1][i]) for t, i in picks], device=dev)
-        loss = heads_loss(heads, picks, enc(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        record_step(loss, step, cfg, bar, history)
+    fine_tune_loop(enc, heads, cfg, {t: len(data[t].train[1]) for t in cfg.tasks},
+                   lambda picks: (enc.pixels([data[t].train[0][i] for t, i in picks]).to(dev),
+                                  torch.tensor([int(data[t].train[1][i]) for t, i in picks], device=dev)),
+                   progress, history)
     enc.eval()
     return encoder_state(enc)
 

@@ -41,8 +41,7 @@ import torch.nn.functional as F
 
 from .. import progress as progress_
 from ..errors import TiesnbError
-from ..training import (Sampler, TrainConfig, fit_linear, heads_loss, heads_module, linear_schedule, record_step,
-                        set_threads)
+from ..training import TrainConfig, fine_tune_loop, fit_linear, heads_module, set_threads
 from .base import Family
 from .common import LinearGrams, expected_fisher
 
@@ -164,27 +163,15 @@ def finetune(cfg: VisionTrainConfig, data: Mapping[str, Any], heads_state: Mappi
     torch.manual_seed(cfg.seed)  # drop-connect's draws
     heads = heads_module(heads_state, cfg.tasks)
     enc = load_encoder(size=cfg.image_size)
-    opt = torch.optim.AdamW(enc.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: linear_schedule(s, cfg))
     images = {t: torch.from_numpy(data[t].train[0]) for t in cfg.tasks}
     labels = {t: torch.from_numpy(data[t].train[1]) for t in cfg.tasks}
-    sampler = Sampler({t: len(images[t]) for t in cfg.tasks}, cfg.seed)
-    enc.train()
+    enc.train()  # drop-connect on
     if cfg.batchnorm == "frozen":
         for m in batchnorm_layers(enc):
             m.eval()
-    name = "+".join(cfg.tasks) if len(cfg.tasks) < 3 else "multitask"
-    bar = progress_.bar(range(cfg.steps), desc=f"train {name} (seed {cfg.seed})", disable=not progress)
-    for step in bar:
-        picks = sampler.batch(cfg.batch_size)
-        x = torch.stack([images[t][i] for t, i in picks])
-        y = torch.stack([labels[t][i] for t, i in picks])
-        loss = heads_loss(heads, picks, enc(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        record_step(loss, step, cfg, bar, history)
+    fine_tune_loop(enc, heads, cfg, {t: len(images[t]) for t in cfg.tasks},
+                   lambda picks: (torch.stack([images[t][i] for t, i in picks]), torch.stack([labels[t][i] for t, i in picks])),
+                   progress, history)
     enc.eval()
     return encoder_state(enc)
 
