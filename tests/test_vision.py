@@ -213,3 +213,16 @@ def test_the_vision_study_writes_every_output_and_the_batchnorm_table(vision_smo
     assert kept.loc[t1.method].to_numpy() == pytest.approx(t1.set_index("method")["average"].to_numpy())
     md = (figures / "batchnorm.md").read_text()
     assert "The study's tables use: kept" in md and "re-estimated − kept [95% CI]" in md
+
+
+def test_batchnorm_reestimation_is_deterministic_with_drop_connect_in_the_model():
+    pytest.importorskip("efficientnet_lite_pytorch")
+    from tiesnb.families import vision
+
+    batch = np.random.default_rng(3).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    stats = []
+    for seed in (0, 1):  # another global random state must not change the statistics
+        torch.manual_seed(seed)
+        enc = vision.reestimate_batchnorm(vision.load_encoder(size=32), [batch])
+        stats.append({k: v for k, v in vision.encoder_state(enc).items() if "running" in k})
+    assert all(torch.equal(stats[0][k], stats[1][k]) for k in stats[0])

@@ -417,7 +417,7 @@ class Study:
             raise TiesnbError(f"unknown statistic {kind!r}: fisher or grams")
         folder = self.seed_dir / "stats" / f"{kind}-{task}"
         resolved = {"checkpoint": self.checkpoint_fingerprint(task), "n": c.fisher_examples if kind == "fisher" else c.gram_examples,
-                    "eval": self.family.eval_settings(self), "code": _code_fingerprint()}
+                    "settings": self.family.stat_settings(self), "code": _code_fingerprint()}
         meta = folder / "params.json"
         if meta.exists() and json.loads(meta.read_text()).get("resolved") == resolved:
             return load_state_dict(folder)

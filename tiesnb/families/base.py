@@ -85,6 +85,10 @@ class Family:
         """What an evaluation's result depends on besides the model, the data and the heads."""
         return [study.config.model, asdict(study.settings), study.config.eval_batch_size, study.config.autocast]
 
+    def stat_settings(self, study) -> list:
+        """What the Fisher and Gram statistics depend on besides the checkpoint and the data."""
+        return self.eval_settings(study)
+
     def evaluator(self, study):
         """An object whose ``scores(state, task, split)`` gives ``(predictions, correct per
         example, spread over templates or None)`` (``state`` None: the pretrained model)."""

@@ -116,13 +116,16 @@ def accuracy(enc: Encoder, head: torch.nn.Linear, images: np.ndarray, labels: np
 def reestimate_batchnorm(enc: Encoder, image_batches: Iterable[np.ndarray]) -> Encoder:
     """Replace every BatchNorm layer's running mean and variance by their average over the given
     batches of (unlabelled) images — a cumulative average (``momentum=None``): the mean of the
-    batches' means and of their unbiased variances, the weights left as they are."""
+    batches' means and of their unbiased variances, the weights left as they are. Only the
+    BatchNorm layers are put in training mode: drop-connect stays off (it would draw from the
+    global random generator and make the statistics differ from run to run)."""
     bns = [m for m in enc.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     saved = [m.momentum for m in bns]
+    enc.eval()
     for m in bns:
         m.reset_running_stats()
         m.momentum = None
-    enc.train()
+        m.train()
     for images in image_batches:
         enc(torch.from_numpy(images))
     for m, mom in zip(bns, saved):
@@ -317,6 +320,9 @@ class EfficientNetLite(Family):
             for _ in range(s.reestimate_batches):
                 out.append(x[rng.choice(len(x), min(len(x), s.reestimate_batch_size), replace=False)])
         return out
+
+    def stat_settings(self, study) -> list:
+        return [study.config.model, study.settings.image_size]  # not the BatchNorm evaluation variant
 
     def eval_settings(self, study) -> list:
         s, c = study.settings, study.config
