@@ -49,8 +49,6 @@ ties_preset: str = "paper"  # TIES switches: paper | original | fusionbench | me
 choose_per_seed: bool = False  # False: one setting per method, best on the validation mean over every seed; True: each seed its own
 
 # %%
-import json
-
 import pandas as pd
 
 from tiesnb import analysis, paper, plots, progress, stats, tables

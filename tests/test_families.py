@@ -23,6 +23,10 @@ def test_every_registered_family_loads_with_its_settings():
         fam.Settings()  # every setting has a default
     with pytest.raises(TiesnbError, match="unknown model family 'vit'; valid: minilm, vision, seq2seq, clip"):
         family("vit")
+    from tiesnb.study import Study, StudyConfig
+
+    with pytest.raises(TiesnbError, match="eval_batch_size must be at least 1, got 0"):
+        Study(StudyConfig.parse({"name": "x", "tasks": ["digits"], "model": "vision", "eval_batch_size": 0}, "s"))
 
 
 def test_every_committed_study_loads():
@@ -107,6 +111,10 @@ def test_tiny_clip_family_end_to_end(tiny_clip_study, monkeypatch):
 
 def test_clip_tasks_fail_in_one_line_without_a_hub(tmp_path, monkeypatch):
     from tiesnb.families import clip
+    from tiesnb.study import Study, StudyConfig
+
+    with pytest.raises(TiesnbError, match=r"clip.template must hold \{\} for the class name, got 'a photo'"):
+        Study(StudyConfig.parse({"name": "x", "tasks": ["digits"], "model": "clip", "clip": {"template": "a photo"}}, "s"))
 
     with pytest.raises(TiesnbError, match=r"missing .*eurosat/train.parquet: data_dir must hold"):
         clip.load_clip_task("eurosat", 10, 4, 4, 0, str(tmp_path))

@@ -196,6 +196,8 @@ def test_gram_matrices_match_the_hidden_states(data):
 def test_bad_training_settings(data, heads):
     with pytest.raises(TiesnbError, match="mode must be full or ia3"):
         text.finetune(cfg(mode="lora"), data, heads, progress=False)
+    with pytest.raises(TiesnbError, match="training max_len must be positive, got 0"):
+        text.finetune(cfg(max_len=0), data, heads, progress=False)
     with pytest.raises(TiesnbError, match="no fitted head for task"):
         training.heads_module(heads, ["sentiment", "nope"])
     with pytest.raises(TiesnbError, match="autocast must be auto, bf16 or off"):

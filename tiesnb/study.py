@@ -197,6 +197,8 @@ class Study:
         for key in ("n_train", "n_test"):
             if getattr(c, key) < 0:
                 raise TiesnbError(f"study {c.name}: {key} must be >= 0, got {getattr(c, key)}")
+        if c.eval_batch_size < 1:
+            raise TiesnbError(f"study {c.name}: eval_batch_size must be at least 1, got {c.eval_batch_size}")
         if not c.seeds or len(set(c.seeds)) != len(c.seeds):
             raise TiesnbError(f"study {c.name}: seeds must be a non-empty list of distinct integers, got {c.seeds}")
         self.family.check(self)
@@ -285,8 +287,7 @@ class Study:
 
         rows = []
         for t, d in self.data().items():
-            count = lambda split: len(split[1]) if isinstance(split, tuple) else len(split)  # noqa: E731  (images, labels)
-            row = {"task": t, "train": count(d.train), "val": count(d.val), "test": count(d.test)}
+            row = {"task": t, **{s: d.size(s) for s in ("train", "val", "test")}}
             if hasattr(d, "labels"):
                 row["classes"] = len(d.labels)
             if hasattr(d, "templates"):
@@ -432,7 +433,6 @@ class Study:
         return self._shared["evaluator"]
 
     def _eval_key(self, recipe: Mapping[str, Any], tasks: Sequence[str], split: str) -> str:
-        c = self.config
         data = self.data()
         key = {"recipe": recipe, "tasks": list(tasks), "split": split,
                "data": {t: data[t].fingerprint for t in tasks}, "heads": self._heads_fingerprint(),

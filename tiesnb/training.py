@@ -22,10 +22,9 @@ from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from . import __version__
-from .checkpoints import load_state_dict, save_state_dict
+from .checkpoints import save_state_dict
 from .errors import TiesnbError
 
 # ----------------------------------------------------------------------------------------------
@@ -51,7 +50,7 @@ class TrainConfig:
     def check(self) -> None:
         if self.mode not in ("full", "ia3"):
             raise TiesnbError(f"training mode must be full or ia3, got {self.mode!r}")
-        for k in ("steps", "batch_size") + tuple(k for k in ("max_len",) if hasattr(self, k)):
+        for k in ("steps", "batch_size"):
             if getattr(self, k) < 1:
                 raise TiesnbError(f"training {k} must be positive, got {getattr(self, k)}")
         if not 0 <= self.warmup < 1:

@@ -185,7 +185,8 @@ def source_images(source: str) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass
 class ImageTaskData:
-    """One image task's splits: uint8 images (N, 32, 32, 3) and labels, and the class names."""
+    """One image task's splits, each (images, labels): uint8 images (N, 32, 32, 3) — or, for the
+    clip family's hub datasets, a list of PIL images — and int64 labels; and the class names."""
 
     name: str
     labels: tuple[str, ...]
@@ -200,6 +201,9 @@ class ImageTaskData:
         base, n = parse_split(name)
         x, y = getattr(self, base)
         return x[:n], y[:n]
+
+    def size(self, split: str) -> int:
+        return len(self.split(split)[1])
 
 
 def load_image_task(name: str, n_train: int, n_val: int, n_test: int, seed: int = 0) -> ImageTaskData:

@@ -357,6 +357,9 @@ class PaperTaskData:
         base, n = parse_split(name)
         return getattr(self, base)[:n]
 
+    def size(self, split: str) -> int:
+        return len(self.split(split))
+
     def example(self, record: Record, template: int) -> RankExample:
         text, choices = self.prompts[template].render(record)
         label = DATASETS[self.name].label(record)

@@ -137,6 +137,9 @@ class TaskData:
         base, n = parse_split(name)
         return getattr(self, base)[:n]
 
+    def size(self, split: str) -> int:
+        return len(self.split(split))
+
     def to_json(self) -> dict:
         return {"labels": self.labels, "fingerprint": self.fingerprint,
                 **{s: [[e.text, e.pair, e.label] for e in self.split(s)] for s in ("train", "val", "test")}}

@@ -20,14 +20,14 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-from dataclasses import dataclass, field
-from typing import Any, Mapping
+from dataclasses import dataclass
+from typing import Mapping
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import progress as progress_
+from ..data.images import IMAGE_TASKS, ImageTaskData, load_image_task
 from ..errors import TiesnbError
 from ..training import TrainConfig, device, fine_tune_loop, heads_module, set_threads
 from .base import Family
@@ -50,26 +50,6 @@ HUB_TASKS = {
 # data
 
 
-@dataclass
-class CLIPTaskData:
-    """One task's splits: images (a list of PIL images or uint8 arrays) and int64 labels, and the
-    class names the zero-shot head is built from."""
-
-    name: str
-    labels: tuple[str, ...]
-    train: tuple[list, np.ndarray]
-    val: tuple[list, np.ndarray]
-    test: tuple[list, np.ndarray]
-    fingerprint: str = field(default="")
-
-    def split(self, name: str):
-        from ..data.tasks import parse_split
-
-        base, n = parse_split(name)
-        x, y = getattr(self, base)
-        return x[:n], y[:n]
-
-
 def _hub_split(task: str, split: str, data_dir: str | None):
     repo, config, *_ = HUB_TASKS[task]
     if data_dir:
@@ -88,13 +68,11 @@ def _hub_split(task: str, split: str, data_dir: str | None):
                           f"{type(e).__name__}: {str(e).splitlines()[0][:160]}; offline, set clip.data_dir") from None
 
 
-def load_clip_task(task: str, n_train: int, n_val: int, n_test: int, seed: int, data_dir: str | None) -> CLIPTaskData:
-    from ..data.images import IMAGE_TASKS, load_image_task
+def load_clip_task(task: str, n_train: int, n_val: int, n_test: int, seed: int, data_dir: str | None) -> ImageTaskData:
     from ..data.tasks import balanced_splits
 
     if task in IMAGE_TASKS:  # an embedded task (32 × 32 uint8 arrays)
-        d = load_image_task(task, n_train, n_val, n_test, seed)
-        return CLIPTaskData(task, d.labels, d.train, d.val, d.test, d.fingerprint)
+        return load_image_task(task, n_train, n_val, n_test, seed)
     if task not in HUB_TASKS:
         raise TiesnbError(f"unknown clip task {task!r}; the paper's: {', '.join(HUB_TASKS)}; embedded: {', '.join(IMAGE_TASKS)}")
     _, _, train_split, test_split, image_col, label_col = HUB_TASKS[task]
@@ -104,7 +82,7 @@ def load_clip_task(task: str, n_train: int, n_val: int, n_test: int, seed: int, 
     tr, va, _ = balanced_splits(y_train.tolist(), len(names), n_train or len(y_train), n_val, 0, f"tiesnb:{task}:{seed}")
     te = balanced_splits(y_test.tolist(), len(names), 0, 0, n_test or len(y_test), f"tiesnb:{task}:{seed}:test")[2]
     pick = lambda ds, y, idx: ([ds[int(i)][image_col] for i in idx], y[idx])  # noqa: E731
-    data = CLIPTaskData(task, names, pick(train, y_train, tr), pick(train, y_train, va), pick(test, y_test, te))
+    data = ImageTaskData(task, names, pick(train, y_train, tr), pick(train, y_train, va), pick(test, y_test, te))
     h = hashlib.sha256(repr((HUB_TASKS[task], train._fingerprint, test._fingerprint, tr, va, te)).encode())
     data.fingerprint = h.hexdigest()[:16]
     return data
@@ -160,7 +138,7 @@ def encoder_state(enc: ImageEncoder) -> dict[str, torch.Tensor]:
 
 
 @torch.inference_mode()
-def zero_shot_heads(model_path: str, data: Mapping[str, CLIPTaskData], template: str) -> dict[str, torch.Tensor]:
+def zero_shot_heads(model_path: str, data: Mapping[str, ImageTaskData], template: str) -> dict[str, torch.Tensor]:
     """Per task: the normalised text embeddings of ``template`` filled with each class name, times
     CLIP's logit scale, as a linear head without bias."""
     clip, processor = _load(model_path)
@@ -189,7 +167,7 @@ class CLIPTrainConfig(TrainConfig):
     model_path: str = ""
 
 
-def finetune(cfg: CLIPTrainConfig, data: Mapping[str, CLIPTaskData], heads_state: Mapping[str, torch.Tensor],
+def finetune(cfg: CLIPTrainConfig, data: Mapping[str, ImageTaskData], heads_state: Mapping[str, torch.Tensor],
              progress: bool = True, history: list | None = None) -> dict[str, torch.Tensor]:
     """The image encoder fine-tuned on ``cfg.tasks`` through the fixed zero-shot heads: AdamW, the
     shared schedule and sampler (task arithmetic's recipe: AdamW, cosine schedule, lr 1e-5, batch
@@ -210,7 +188,7 @@ def finetune(cfg: CLIPTrainConfig, data: Mapping[str, CLIPTaskData], heads_state
 
 
 class CLIPEvaluator:
-    def __init__(self, model_path: str, data: Mapping[str, CLIPTaskData], heads_state, batch_size: int):
+    def __init__(self, model_path: str, data: Mapping[str, ImageTaskData], heads_state, batch_size: int):
         self.model_path, self.data, self.batch_size = model_path, dict(data), batch_size
         self.heads = heads_module(heads_state, list(self.data))
         self._state, self.enc = object(), None
@@ -242,6 +220,11 @@ class CLIPVision(Family):
     Settings = CLIPSettings
     cache_data = False
 
+    def check(self, study) -> None:
+        if "{}" not in study.settings.template:
+            raise TiesnbError(f"study {study.config.name}: clip.template must hold {{}} for the class name, "
+                              f"got {study.settings.template!r}")
+
     def load_task(self, study, task: str):
         c = study.config
         return load_clip_task(task, c.n_train, c.n_val, c.n_test, c.split_seed, study.settings.data_dir or None)
@@ -250,8 +233,6 @@ class CLIPVision(Family):
         return {"model_path": study.settings.model_path, "template": study.settings.template}
 
     def fit_heads(self, study, progress: bool) -> dict[str, torch.Tensor]:
-        if "{}" not in study.settings.template:
-            raise TiesnbError(f"study {study.config.name}: clip.template must hold {{}} for the class name")
         return zero_shot_heads(study.settings.model_path, study.data(), study.settings.template)
 
     def train_config(self, study, tasks: list[str]):

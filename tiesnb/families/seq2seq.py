@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .. import progress as progress_
@@ -222,6 +221,8 @@ class Seq2SeqTrainConfig(TrainConfig):
 
     def check(self) -> None:
         super().check()
+        if self.max_len < 1 or self.max_target_len < 1:
+            raise TiesnbError(f"max_len and max_target_len must be positive, got {self.max_len}, {self.max_target_len}")
         if self.templates not in ("first", "all") or self.schedule not in ("linear", "constant"):
             raise TiesnbError(f"templates must be first or all and schedule linear or constant, got "
                               f"{self.templates!r}, {self.schedule!r}")

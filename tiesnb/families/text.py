@@ -27,7 +27,7 @@ from ..data.sources import minilm_dir
 from ..errors import TiesnbError
 from .base import Family
 from .common import LinearGrams, quiet_transformers
-from ..training import (Heads, Sampler, TrainConfig, device, fit_linear, heads_loss, heads_module, ia3_state,
+from ..training import (Sampler, TrainConfig, device, fit_linear, heads_loss, heads_module, ia3_state,
                         linear_schedule, record_step, resolve_autocast, set_threads)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -187,6 +187,11 @@ class TextTrainConfig(TrainConfig):
     max_len: int = 64
     train_embeddings: bool = False  # the embedding tables too (52 % of MiniLM's weights)
     sparse_embeddings: bool = True  # with train_embeddings: only the word-embedding rows a batch uses are updated
+
+    def check(self) -> None:
+        super().check()
+        if self.max_len < 1:
+            raise TiesnbError(f"training max_len must be positive, got {self.max_len}")
 
 
 def finetune(cfg: "TextTrainConfig", data: Mapping[str, TaskData], heads_state: Mapping[str, torch.Tensor],

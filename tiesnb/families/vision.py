@@ -112,6 +112,13 @@ def accuracy(enc: Encoder, head: torch.nn.Linear, images: np.ndarray, labels: np
     return float((pred == labels).mean())
 
 
+BATCHNORM_STATS = ("*.running_mean", "*.running_var", "*.num_batches_tracked")
+
+
+def batchnorm_layers(enc: torch.nn.Module) -> list[torch.nn.Module]:
+    return [m for m in enc.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
 @torch.no_grad()
 def reestimate_batchnorm(enc: Encoder, image_batches: Iterable[np.ndarray]) -> Encoder:
     """Replace every BatchNorm layer's running mean and variance by their average over the given
@@ -119,7 +126,7 @@ def reestimate_batchnorm(enc: Encoder, image_batches: Iterable[np.ndarray]) -> E
     batches' means and of their unbiased variances, the weights left as they are. Only the
     BatchNorm layers are put in training mode: drop-connect stays off (it would draw from the
     global random generator and make the statistics differ from run to run)."""
-    bns = [m for m in enc.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    bns = batchnorm_layers(enc)
     saved = [m.momentum for m in bns]
     enc.eval()
     for m in bns:
@@ -134,13 +141,6 @@ def reestimate_batchnorm(enc: Encoder, image_batches: Iterable[np.ndarray]) -> E
     return enc
 
 
-BATCHNORM_STATS = ("*.running_mean", "*.running_var", "*.num_batches_tracked")
-
-
-def batchnorm_layers(enc: torch.nn.Module) -> list[torch.nn.Module]:
-    return [m for m in enc.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-
-
 # ----------------------------------------------------------------------------------------------
 # training: the study's trainer
 
@@ -150,6 +150,13 @@ class VisionTrainConfig(TrainConfig):
     image_size: int = 64
     batchnorm: str = "frozen"  # frozen | train
 
+    def check(self) -> None:
+        super().check()
+        if self.batchnorm not in ("frozen", "train"):
+            raise TiesnbError(f"vision.batchnorm must be frozen or train, got {self.batchnorm!r}")
+        if self.mode != "full":
+            raise TiesnbError(f"the vision family trains the whole encoder (mode: full), got {self.mode!r}")
+
 
 def finetune(cfg: VisionTrainConfig, data: Mapping[str, Any], heads_state: Mapping[str, torch.Tensor],
              progress: bool = True, history: list | None = None) -> dict[str, torch.Tensor]:
@@ -158,10 +165,6 @@ def finetune(cfg: VisionTrainConfig, data: Mapping[str, Any], heads_state: Mappi
     :class:`~tiesnb.training.Sampler`, drop-connect on, BatchNorm as ``cfg.batchnorm``. Returns the
     encoder's state dict (parameters and BatchNorm buffers)."""
     cfg.check()
-    if cfg.batchnorm not in ("frozen", "train"):
-        raise TiesnbError(f"vision.batchnorm must be frozen or train, got {cfg.batchnorm!r}")
-    if cfg.mode != "full":
-        raise TiesnbError(f"the vision family trains the whole encoder (mode: full), got {cfg.mode!r}")
     set_threads(cfg.threads)
     torch.manual_seed(cfg.seed)  # drop-connect's draws
     heads = heads_module(heads_state, cfg.tasks)
@@ -301,7 +304,7 @@ class EfficientNetLite(Family):
         return finetune
 
     def pretrained(self, study) -> dict[str, torch.Tensor]:
-        return {k: v.clone() for k, v in encoder_state(load_encoder(size=study.settings.image_size)).items()}
+        return encoder_state(load_encoder(size=study.settings.image_size))
 
     def merge_options(self, study, params) -> dict:
         """With BatchNorm frozen while fine-tuning, the running statistics are the pretrained ones
@@ -343,7 +346,7 @@ class EfficientNetLite(Family):
 
     def evaluator(self, study):
         s = study.settings
-        return VisionEvaluator(study.data(), study.heads(), s.image_size, max(study.config.eval_batch_size, 1),
+        return VisionEvaluator(study.data(), study.heads(), s.image_size, study.config.eval_batch_size,
                                s.merged_batchnorm, self.bn_images(study) if s.merged_batchnorm == "reestimated" else None)
 
     def statistic(self, study, kind: str, task: str, progress: bool) -> dict[str, torch.Tensor]:

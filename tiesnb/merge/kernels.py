@@ -14,7 +14,6 @@ costs ~0.1 ns; the agreeing entries are found as ``clamp_min(D * s, 0)``, which 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 def rowsum(X: torch.Tensor) -> torch.Tensor:
     """Σ over the rows (models) in row order. ``X.sum(0)`` changes its summation order with the

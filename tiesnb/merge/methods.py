@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import torch
-import torch.nn.functional as F
 
 from ..checkpoints import open_source
 from ..errors import TiesnbError
