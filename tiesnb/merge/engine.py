@@ -177,15 +177,15 @@ class MergeJob:
             raise TiesnbError(f"non-finite values (NaN or inf) in '{name}' of model {i} ({self.models[i].label})")
 
     # ------------------------------------------------------------------ reading
-    def scratch(self, key: str, shape: tuple[int, ...]) -> torch.Tensor:
-        """A reusable float32 work buffer of at most ``n × chunk`` elements. Allocating a fresh
-        tensor per chunk costs page faults that make up a third of a merge's time on CPU."""
+    def scratch(self, key: str, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """A reusable work buffer (float32 unless told) of at most ``n × chunk`` elements. Allocating
+        a fresh tensor per chunk costs page faults that make up a third of a merge's time on CPU."""
         numel = 1
         for d in shape:
             numel *= d
         buf = self._scratch.get(key)
-        if buf is None or buf.numel() < numel:
-            buf = self._scratch[key] = torch.empty(max(numel, self.n * self.chunk), dtype=torch.float32, device=self.device)
+        if buf is None or buf.numel() < numel or buf.dtype != dtype:
+            buf = self._scratch[key] = torch.empty(max(numel, self.n * self.chunk), dtype=dtype, device=self.device)
         return buf[:numel].view(shape)
 
     def ranges(self, name: str, size: int | None = None) -> Iterator[tuple[int, int]]:

@@ -11,10 +11,12 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
+import numpy as np
 import torch
 
 from ..checkpoints import open_source
 from ..errors import TiesnbError
+from . import fused
 from . import kernels as K
 from .engine import MergeJob
 from .registry import Method, Param, register
@@ -219,6 +221,33 @@ class _Trimmer:
                     T[i].div_(self.p["k"])
         return T
 
+    def fused_merge(self, D: torch.Tensor, base: torch.Tensor, out: torch.Tensor, flags: torch.Tensor,
+                    zero_positive: bool, disjoint: str, lam: float) -> torch.Tensor | None:
+        """The compiled path (:func:`.fused.merge`) of trim + :meth:`SparseMerge._combine` +
+        :meth:`uncertain` for a magnitude trim; writes the merged chunk to ``out`` and returns the
+        set-aside columns (None without a pending scope)."""
+        n = self.job.n
+        thr = np.empty(n, np.float32)
+        tie = np.zeros(n, np.float32)
+        left = np.zeros(n, np.int64)
+        low = np.full(n, -1.0, np.float32)
+        for i in range(n):
+            cut = self.cuts[i][0]
+            if cut.inclusive:  # |x| >= v  <=>  |x| > below(v), as in _top
+                thr[i] = K.below(cut.value) if cut.value > 0 else -1.0
+            else:
+                thr[i] = tie[i] = cut.value
+                left[i] = self.extra_left[i][0]
+            if self.low[i] is not None:
+                low[i] = self.low[i]
+        used = fused.merge(D, base, thr, tie, left, low, zero_positive, disjoint, lam, out, flags)
+        for i in range(n):
+            if used[i]:
+                self.extra_left[i][0] -= int(used[i])
+        if self.scope is None or (low < 0).all():
+            return None
+        return torch.nonzero(flags).flatten()
+
     def uncertain(self, D: torch.Tensor, T: torch.Tensor) -> torch.Tensor | None:
         """Column indices of the chunk holding an entry in some model's undecided bin."""
         if self.scope is None:
@@ -251,6 +280,19 @@ class SparseMerge:
 
     def _pass(self, job: MergeJob, sel: list[list[TopK]], names: list[str], desc: str | None, stage: int) -> None:
         mult = job.multiplicity
+        if stage == 1 and fused.available(job.device):  # one compiled pass, every model's counts at once
+            H = np.zeros((fused.blocks(), job.n, sel[0][0].keys()), np.int64)
+            total = 0
+            for name, _, _, _, D in job.chunks(desc, names):
+                times = mult.get(name, 1)
+                fused.histogram(D, H, job.bf16_inputs, times)
+                total += D.shape[1] * times
+            counts = torch.from_numpy(H.sum(0))
+            for i, row in enumerate(sel):
+                for s in row:
+                    s.add_counts(counts[i], total)
+                    s.advance()
+            return
         for name, _, _, _, D in job.chunks(desc, names):
             A = torch.abs(D, out=job.scratch("abs", D.shape))
             times = mult.get(name, 1)
@@ -379,14 +421,32 @@ class SparseMerge:
                                       work=job.scratch("agree", T.shape))
         return base + p["lam"] * merged
 
+    @staticmethod
+    def fusable(job: MergeJob, p: dict, state: SparseState) -> bool:
+        """Whether the merge pass can take the compiled kernel (:mod:`.fused`): TIES with a
+        magnitude trim, the election by mass, no weights, no given signs."""
+        return (fused.available(job.device) and p["sparsify"] == "magnitude" and p["elect"] == "mass"
+                and state.weights is None and state.signs is None and p["zero_sign"] in ("zero", "positive")
+                and p["disjoint"] in fused.DISJOINT)
+
     def tensor(self, job: MergeJob, p: dict, state: SparseState, name: str) -> Iterator[torch.Tensor]:
         trim = state.trim
         trim.begin(name)
         scope = trim.scope
         if scope is not None and (not state.scopes or state.scopes[-1] is not scope):
             state.scopes.append(scope)
+        fast = self.fusable(job, p, state)
         for start, stop in job.ranges(name, MERGE_CHUNK):
             base, D = job.read_chunk(name, start, stop)
+            if fast:
+                C = stop - start
+                out = job.scratch("merged", (C,))
+                idx = trim.fused_merge(D, base, out, job.scratch("flags", (C,), torch.uint8),
+                                       p["zero_sign"] == "positive", p["disjoint"], p["lam"])
+                if idx is not None and idx.numel():
+                    scope.add(name, idx, start, D, base, None)
+                yield out
+                continue
             given = state.signs and self._signs_chunk(state, name, start, stop, D.device)
             T = trim(name, start, stop, D)
             idx = trim.uncertain(D, T)

@@ -112,15 +112,32 @@ class TopK:
             # (bit 15 of the key: a non-negative float's top 16 bits are below 2¹⁵)
             hi.bitwise_or_((bits & 0xFFFF).ne_(0).bitwise_left_shift_(15))
             h = torch.bincount(hi, minlength=2 * HI_BINS)
-            h = h if times == 1 else h * times
-            odd = h[HI_BINS:]
-            self.hist += h[:HI_BINS] + odd
-            self.nonzero_low += odd
+            self._add_keys(h if times == 1 else h * times)
         elif self.stage == 2:
             low = bits[(bits >> 16) == self.bin] & 0xFFFF
             if low.numel():
                 h = torch.bincount(low, minlength=LO_BINS)
                 self.hist2 += h if times == 1 else h * times
+
+    def _add_keys(self, h: torch.Tensor) -> None:
+        if self.nonzero_low is None:
+            self.hist += h
+            return
+        odd = h[HI_BINS:]
+        self.hist += h[:HI_BINS] + odd
+        self.nonzero_low += odd
+
+    def keys(self) -> int:
+        """Size of pass 1's key histogram: 32,768 bins, twice that with ``low_bits``."""
+        return HI_BINS if self.nonzero_low is None else 2 * HI_BINS
+
+    def add_counts(self, h: torch.Tensor, total: int) -> None:
+        """Pass 1 from counts made elsewhere (:func:`.fused.histogram`): ``h`` holds :meth:`keys`
+        counts of the keys :meth:`add` would have counted over ``total`` entries."""
+        if self.stage != 1:
+            raise RuntimeError("TopK.add_counts() after pass 1")
+        self.total += total
+        self._add_keys(h.to(self.hist.device))
 
     def advance(self) -> bool:
         """Close a pass; True when another pass over the same data is needed."""

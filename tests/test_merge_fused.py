@@ -1,0 +1,97 @@
+"""The compiled kernels (tiesnb.merge.fused) against the torch kernels and a plain reference."""
+
+import numpy as np
+import pytest
+import torch
+
+from tiesnb.merge import fused, merge
+from tiesnb.merge import kernels as K
+from tiesnb.merge.select import HI_BINS
+
+from conftest import make_models
+
+pytestmark = pytest.mark.skipif(not fused.ENABLED, reason="numba not installed (or TIESNB_FUSED=0)")
+
+
+def _coarse(n, C, seed):
+    """Deltas with few distinct magnitudes (bf16-like), so ties at any threshold abound."""
+    g = torch.Generator().manual_seed(seed)
+    D = (torch.randint(-4, 5, (n, C), generator=g) * 0.25).float()
+    D[:, :5] = 0.0
+    return D, torch.randn(C, generator=g)
+
+
+def _reference(D, base, thr, tie, left, low, zero_positive, disjoint, lam):
+    """Trim (the first left[i] ties in flat order), elect, merge with the torch kernels."""
+    n, C = D.shape
+    T = torch.where(D.abs() > torch.from_numpy(thr).unsqueeze(1), D, torch.zeros(()))
+    used = np.zeros(n, np.int64)
+    for i in range(n):
+        if left[i] > 0:
+            ties = torch.nonzero((D[i].abs() == float(tie[i])) & (T[i] == 0)).flatten()[: left[i]]
+            T[i, ties] = D[i, ties]
+            used[i] = ties.numel()
+    s = K.resolve_zero_signs(K.elect_mass(T), "positive" if zero_positive else "zero")
+    merged = K.disjoint_merge(T, s, disjoint)
+    flags = torch.zeros(C, dtype=torch.bool)
+    for i in range(n):
+        if low[i] >= 0:
+            flags |= (D[i].abs() >= float(low[i])) & (T[i] == 0)
+    return base + lam * merged, flags, used
+
+
+@pytest.mark.parametrize("blocks", [1, 2, 3, 5])
+@pytest.mark.parametrize("disjoint, zero_positive", [("mean", False), ("sum", True), ("mean_all", False)])
+def test_merge_kernel_equals_the_reference(blocks, disjoint, zero_positive):
+    n, C = 5, 3001  # tiles of 1,024 columns: blocks end inside tiles
+    D, base = _coarse(n, C, seed=blocks)
+    thr = np.array([0.5, 0.75, 0.25, -1.0, 0.5], np.float32)
+    tie = np.array([0.5, 0.75, 0.25, 0.0, 0.5], np.float32)
+    # no ties; run out in the first block; in a later one; never (more than the chunk holds)
+    left = np.array([0, 40, 900, 0, 10**6], np.int64)
+    low = np.array([0.25, -1, 0.125, -1, -1], np.float32)
+    out, flags = torch.empty(C), torch.empty(C, dtype=torch.uint8)
+    used = fused.merge(D, base, thr, tie, left, low, zero_positive, disjoint, 0.7, out, flags, blocks=blocks)
+    want, want_flags, want_used = _reference(D, base, thr, tie, left, low, zero_positive, disjoint, 0.7)
+    assert torch.equal(out, want)
+    assert torch.equal(flags.bool(), want_flags) and want_flags.any()
+    assert used.tolist() == want_used.tolist() and 0 < used[1] == 40 and used[4] < 10**6
+
+
+@pytest.mark.parametrize("low_bits", [False, True])
+def test_histogram_equals_bincount(low_bits):
+    g = torch.Generator().manual_seed(3)
+    D = torch.randn(4, 5000, generator=g) * torch.exp(3 * torch.randn(4, 5000, generator=g))
+    D[:, :100] = D[:, :100].to(torch.bfloat16).float()  # low 16 bits 0
+    keys = 2 * HI_BINS if low_bits else HI_BINS
+    H = np.zeros((3, 4, keys), np.int64)
+    fused.histogram(D, H, low_bits, times=2)
+    bits = D.abs().view(torch.int32)
+    want = bits >> 16
+    if low_bits:
+        want = want | ((bits & 0xFFFF) != 0).int() << 15
+    for i in range(4):
+        assert torch.equal(torch.from_numpy(H.sum(0)[i]), 2 * torch.bincount(want[i], minlength=keys))
+
+
+def _bf16(seed, n=4):
+    g = torch.Generator().manual_seed(seed)
+    base = {f"l{i}.w": (0.02 * torch.randn(48, 40, generator=g)).to(torch.bfloat16) for i in range(3)}
+    models = [{k: (v.float() + 2e-4 * torch.randn(v.shape, generator=g)).to(torch.bfloat16) for k, v in base.items()}
+              for _ in range(n)]
+    return base, models
+
+
+@pytest.mark.parametrize("inputs", ["fp32", "bf16"])
+@pytest.mark.parametrize("params", [
+    {}, {"k": 0.05}, {"trim": "per_tensor"}, {"preset": "peft"}, {"disjoint": "sum", "zero_sign": "positive"},
+    {"disjoint": "mean_all", "ties": "keep", "count": "original"}, {"k": 1.0},
+])
+def test_merges_equal_with_and_without_the_compiled_kernels(monkeypatch, inputs, params):
+    base, models = make_models(4, seed=5) if inputs == "fp32" else _bf16(6)
+    for chunk in (97, 1 << 20):
+        fast = merge("ties", base, models, chunk=chunk, **params)
+        monkeypatch.setattr(fused, "ENABLED", False)
+        slow = merge("ties", base, models, chunk=chunk, **params)
+        monkeypatch.setattr(fused, "ENABLED", True)
+        assert all(torch.equal(fast[n], slow[n]) for n in slow), (params, chunk)

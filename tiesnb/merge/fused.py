@@ -1,0 +1,183 @@
+"""Compiled kernels for the two loops a global TIES merge spends its time in.
+
+In eager torch every elementwise step of a chunk (absolute value, bit shifts, a histogram; trim,
+sum, sign, agreement, count, divide) streams the whole ``(n, C)`` chunk through memory again: a
+dozen passes where one would do. These kernels (numba, compiled once and cached on disk) make one
+pass each, split into column blocks over the threads torch uses:
+
+* :func:`histogram` — pass 1 of the radix select (:mod:`.select`): per model, the counts of the
+  top 16 bits of ``|x|`` (and, for bf16 inputs, of those whose low 16 bits are not 0);
+* :func:`merge` — trim, sign election by mass, disjoint merge, ``base + λ·merged``, and the flags
+  of the columns the deferred cut sets aside (see ``methods.DEFER``).
+
+They compute what the torch kernels compute, in the same float32 operations and order, so the
+results are equal (tested against the torch path; only the sign of a zero may differ). Without
+numba, or with ``TIESNB_FUSED=0``, the engine uses the torch kernels alone.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+try:  # an optional speed-up: everything works without it
+    import numba
+    from numba import njit, prange
+except ImportError:  # pragma: no cover - numba is a dependency; kept working without it
+    numba = None
+
+ENABLED = numba is not None and os.environ.get("TIESNB_FUSED", "1") != "0"
+
+# the disjoint merges the kernel does (others take the torch path)
+DISJOINT = {"mean": 0, "sum": 1, "mean_all": 2}
+
+
+def available(device: torch.device | str = "cpu") -> bool:
+    return ENABLED and torch.device(device).type == "cpu"
+
+
+def _threads() -> int:
+    t = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(t)
+    return t
+
+
+if numba is not None:
+
+    @njit(cache=True, nogil=True, parallel=True)
+    def _histogram(bits, hist, blocks, low_bits, times):  # pragma: no cover - compiled
+        n, C = bits.shape
+        for b in prange(blocks):
+            lo, hi = b * C // blocks, (b + 1) * C // blocks
+            for i in range(n):
+                h = hist[b, i]
+                row = bits[i]
+                for j in range(lo, hi):
+                    x = row[j] & 0x7FFFFFFF  # |x|: the sign bit cleared
+                    key = x >> 16
+                    if low_bits and (x & 0xFFFF) != 0:
+                        key |= 0x8000
+                    h[key] += times
+
+    TILE = 1024  # columns a thread works on at a time: (n, TILE) float32 stays in the L1/L2 cache
+
+    @njit(cache=True, nogil=True, parallel=True)
+    def _merge(D, base, thr, tie, left, low, zero_positive, disjoint, lam, out, flags, used, blocks):  # pragma: no cover
+        n, C = D.shape
+        # the deterministic tie rule keeps the first `left[i]` entries equal to `tie[i]` in flat
+        # order: when the chunk could exhaust them, count each block's ties first, so every block
+        # knows how many the earlier blocks took
+        start = np.zeros((blocks, n), np.int64)
+        counts = np.zeros((blocks, n), np.int64)
+        for b in prange(blocks - 1):
+            lo, hi = b * C // blocks, (b + 1) * C // blocks
+            for i in range(n):
+                if 0 < left[i] < C:
+                    c = 0
+                    tv = tie[i]
+                    for j in range(lo, hi):
+                        c += abs(D[i, j]) == tv
+                    counts[b, i] = c
+        for i in range(n):
+            rem = left[i]
+            for b in range(blocks):
+                start[b, i] = rem
+                rem = max(rem - counts[b, i], 0)
+        rest = start.copy()
+        nf = np.float32(n)
+        one = np.float32(1.0)
+        zero = np.float32(0.0)
+        for b in prange(blocks):
+            lo, hi = b * C // blocks, (b + 1) * C // blocks
+            rem = rest[b]
+            T = np.empty((n, TILE), np.float32)
+            S = np.empty(TILE, np.float32)
+            num = np.empty(TILE, np.float32)
+            cnt = np.empty(TILE, np.float32)
+            fl = np.empty(TILE, np.uint8)
+            for t0 in range(lo, hi, TILE):
+                w = min(TILE, hi - t0)
+                S[:w] = zero
+                fl[:w] = 0
+                for i in range(n):  # trim row i, then add it: the sum runs over the models in order
+                    row = D[i, t0:t0 + w]
+                    Ti = T[i]
+                    th = thr[i]
+                    tv = tie[i]
+                    if rem[i] >= w:  # every tie of the tile is kept: one branch-free loop
+                        c = 0
+                        for j in range(w):
+                            x = row[j]
+                            a = abs(x)
+                            Ti[j] = x if (a > th) | (a == tv) else zero
+                            c += a == tv
+                        rem[i] -= c
+                    else:
+                        for j in range(w):
+                            x = row[j]
+                            Ti[j] = x if abs(x) > th else zero
+                        if rem[i] > 0:  # the last ties to keep fall in this tile, in flat order
+                            for j in range(w):
+                                if rem[i] > 0 and Ti[j] == zero and abs(row[j]) == tv:
+                                    Ti[j] = row[j]
+                                    rem[i] -= 1
+                    if low[i] >= 0:  # not kept, though in the undecided bin (low > 0, so x != 0)
+                        lw = low[i]
+                        for j in range(w):
+                            fl[j] |= (Ti[j] == zero) & (abs(row[j]) >= lw)
+                    for j in range(w):
+                        S[j] += Ti[j]
+                for j in range(w):  # the elected sign, kept in S
+                    v = S[j]
+                    sg = one if v > zero else (-one if v < zero else zero)
+                    if zero_positive and sg == zero:
+                        sg = one
+                    S[j] = sg
+                    num[j] = zero
+                    cnt[j] = zero
+                for i in range(n):  # the agreeing entries' magnitudes, summed in model order
+                    Ti = T[i]
+                    for j in range(w):
+                        r = Ti[j] * S[j]
+                        num[j] += r if r > zero else zero
+                        cnt[j] += one if r > zero else zero
+                for j in range(w):
+                    m = num[j] * S[j]
+                    if disjoint == 0:
+                        m = m / (cnt[j] if cnt[j] > one else one)
+                    elif disjoint == 2:
+                        m = m / nf
+                    out[t0 + j] = base[t0 + j] + lam * m
+                    flags[t0 + j] = fl[j]
+        for i in range(n):
+            for b in range(blocks):
+                used[i] += start[b, i] - rest[b, i]
+
+
+def histogram(D: torch.Tensor, hist: np.ndarray, low_bits: bool, times: int = 1) -> None:
+    """Add the key counts of ``|D|`` (n, C float32) to ``hist`` (blocks, n, keys) int64: key =
+    the top 16 bits of the float32 ``|x|``, plus 32,768 when ``low_bits`` and its low 16 bits
+    are not 0 (the layout of :class:`.select.TopK`'s bf16 histogram)."""
+    bits = D.view(torch.int32).numpy()
+    _histogram(bits, hist, hist.shape[0], low_bits, times)
+
+
+def blocks() -> int:
+    """Column blocks a kernel splits a chunk into: one per thread torch uses."""
+    return _threads()
+
+
+def merge(D: torch.Tensor, base: torch.Tensor, thr, tie, left, low, zero_positive: bool, disjoint: str,
+          lam: float, out: torch.Tensor, flags: torch.Tensor, blocks: int | None = None) -> np.ndarray:
+    """TIES on one chunk: keep ``|x| > thr[i]`` (and the first ``left[i]`` entries with
+    ``|x| == tie[i]``), elect the sign of the kept mass, merge the agreeing entries (``disjoint``),
+    write ``base + lam · merged`` to ``out`` and, per column, whether an entry was not kept though
+    ``|x| >= low[i]`` (``low[i] < 0``: no such test) to ``flags``. Returns the ties used per model.
+    ``blocks``: column blocks worked on in parallel (default: one per thread)."""
+    n = D.shape[0]
+    used = np.zeros(n, np.int64)
+    _merge(D.numpy(), base.numpy(), thr, tie, left, low, zero_positive, DISJOINT[disjoint], np.float32(lam),
+           out.numpy(), flags.numpy(), used, blocks or _threads())
+    return used
