@@ -95,3 +95,36 @@ def test_merges_equal_with_and_without_the_compiled_kernels(monkeypatch, inputs,
         slow = merge("ties", base, models, chunk=chunk, **params)
         monkeypatch.setattr(fused, "ENABLED", True)
         assert all(torch.equal(fast[n], slow[n]) for n in slow), (params, chunk)
+
+
+def test_bf16_histogram_from_stored_numbers_equals_the_float32_one():
+    g = torch.Generator().manual_seed(4)
+    raw = (0.02 * torch.randn(4, 9000, generator=g)).to(torch.bfloat16)
+    raw[2, :3000] = (raw[0, :3000].float() + 2e-4 * torch.randn(3000, generator=g)).to(torch.bfloat16)
+    H = np.zeros((3, 3, 2 * HI_BINS), np.int64)
+    assert fused.histogram_bf16(raw, H, True, times=3)
+    D = raw[1:].float() - raw[0].float()
+    want = np.zeros((1, 3, 2 * HI_BINS), np.int64)
+    fused.histogram(D, want, True, times=3)
+    assert np.array_equal(H.sum(0), want[0])
+    base, D = torch.empty(9000), torch.empty(3, 9000)
+    fused.bf16_delta(raw, base, D)
+    assert torch.equal(base, raw[0].float()) and torch.equal(D, raw[1:].float() - raw[0].float())
+    raw[3, 5000] = float("nan")
+    assert not fused.histogram_bf16(raw, H, True)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_bf16_non_finite_input_is_named(tmp_path, bad):
+    from tiesnb.checkpoints import save_state_dict
+    from tiesnb.errors import TiesnbError
+    from tiesnb.merge import merge_checkpoints
+
+    base, models = _bf16(7, n=3)
+    models[2]["l1.w"][3, 4] = bad
+    save_state_dict(base, tmp_path / "b")
+    for i, m in enumerate(models):
+        save_state_dict(m, tmp_path / f"m{i}")
+    with pytest.raises(TiesnbError, match=r"non-finite values \(NaN or inf\) in 'l1.w' of model 2"):
+        merge_checkpoints("ties", tmp_path / "b", [tmp_path / f"m{i}" for i in range(3)], tmp_path / "o", progress=False)
+    assert not (tmp_path / "o").exists()

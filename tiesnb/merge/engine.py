@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from ..checkpoints import DictSource, SafetensorsWriter, Source, TensorSpec
 from ..errors import TiesnbError
-from . import options
+from . import fused, options
 
 DEFAULT_CHUNK = 1 << 18  # elements per model per chunk: (n, chunk) float32 stays in the CPU cache
 
@@ -122,6 +122,9 @@ class MergeJob:
         self._scratch: dict[str, torch.Tensor] = {}
         self._buf = torch.empty(self.n * self.chunk, dtype=torch.float32)
         self._bbuf = torch.empty(self.chunk, dtype=torch.float32)
+        # bf16 inputs on CPU: read as they are stored, then convert and subtract in one compiled pass
+        self._raw = torch.empty((self.n + 1) * self.chunk, dtype=torch.bfloat16) \
+            if self.bf16_inputs and fused.available(self.device) else None
         if self.device.type == "cuda":
             self._buf = self._buf.pin_memory()
             self._bbuf = self._bbuf.pin_memory()
@@ -204,6 +207,14 @@ class MergeJob:
             _, hb, hX = self._held
             return hb[start:stop], hX[:, start:stop]
         base, X = self._bbuf[:C], self._buf[: self.n * C].view(self.n, C)  # contiguous rows
+        if delta and self._raw is not None:
+            raw = self._raw[: (self.n + 1) * C].view(self.n + 1, C)
+            for i, src in enumerate([self.base, *self.models]):
+                src.read_into(name, start, stop, raw[i])
+            fused.bf16_delta(raw, base, X)
+            if name not in self._verified:  # a non-finite weight gives a non-finite difference
+                self._verify(name, base, X)
+            return base, X
         self.base.read_into(name, start, stop, base)
         for i, m in enumerate(self.models):
             m.read_into(name, start, stop, X[i])
@@ -212,6 +223,29 @@ class MergeJob:
         if self.device.type != "cpu":
             base, X = base.to(self.device, non_blocking=True), X.to(self.device, non_blocking=True)
         return base, (X.sub_(base) if delta else X)
+
+    def raw_chunks(self, desc: str | None, names: Sequence[str]) -> Iterator[tuple[str, int, int, torch.Tensor]]:
+        """With bf16 inputs on CPU (``self.raw_bf16``), every chunk as stored: ``(name, start, stop,
+        raw)`` with ``raw`` (n + 1, C) bf16, the base in row 0. Unchecked: the caller checks
+        the values (and calls :meth:`verified` for each tensor it found finite)."""
+        total = sum(self.specs[n].numel for n in names)
+        with self.bar(total, desc) as bar:
+            for name in names:
+                for start, stop in self.ranges(name):
+                    C = stop - start
+                    raw = self._raw[: (self.n + 1) * C].view(self.n + 1, C)
+                    for i, src in enumerate([self.base, *self.models]):
+                        src.read_into(name, start, stop, raw[i])
+                    yield name, start, stop, raw
+                    bar.update(C)
+
+    @property
+    def raw_bf16(self) -> bool:
+        return self._raw is not None
+
+    def verified(self, name: str) -> None:
+        """Every value of ``name`` in every input was found finite."""
+        self._verified.add(name)
 
     def hold(self, name: str | None) -> bool:
         """Read tensor ``name``'s base and task vectors into memory once, if they fit

@@ -44,6 +44,8 @@ def _threads() -> int:
     return t
 
 
+BF16_TILE = 4096
+
 if numba is not None:
 
     @njit(cache=True, nogil=True, parallel=True)
@@ -53,13 +55,69 @@ if numba is not None:
             lo, hi = b * C // blocks, (b + 1) * C // blocks
             for i in range(n):
                 h = hist[b, i]
-                row = bits[i]
-                for j in range(lo, hi):
+                row = bits[i, lo:hi]  # a slice indexed from 0: no negative-index checks in the loop
+                for j in range(hi - lo):
                     x = row[j] & 0x7FFFFFFF  # |x|: the sign bit cleared
                     key = x >> 16
                     if low_bits and (x & 0xFFFF) != 0:
                         key |= 0x8000
                     h[key] += times
+
+    @njit(cache=True, nogil=True, parallel=True)
+    def _histogram_bf16(raw, hist, low_bits, times, bad):  # pragma: no cover - compiled
+        n, C = raw.shape[0] - 1, raw.shape[1]
+        blocks = hist.shape[0]
+        for b in prange(blocks):
+            lo, hi = b * C // blocks, (b + 1) * C // blocks
+            bits = np.empty(BF16_TILE, np.uint32)
+            f = bits.view(np.float32)
+            fb = np.empty(BF16_TILE, np.float32)
+            nonfinite = False
+            for t0 in range(lo, hi, BF16_TILE):
+                w = min(BF16_TILE, hi - t0)
+                r = raw[0, t0:t0 + w]
+                for k in range(w):
+                    bits[k] = np.uint32(r[k]) << np.uint32(16)
+                    nonfinite |= (r[k] & 0x7F80) == 0x7F80  # exponent all ones: inf or NaN
+                for k in range(w):
+                    fb[k] = f[k]
+                for i in range(n):
+                    r = raw[i + 1, t0:t0 + w]
+                    for k in range(w):
+                        bits[k] = np.uint32(r[k]) << np.uint32(16)
+                        nonfinite |= (r[k] & 0x7F80) == 0x7F80
+                    for k in range(w):
+                        f[k] = f[k] - fb[k]
+                    h = hist[b, i]
+                    for k in range(w):
+                        x = bits[k] & np.uint32(0x7FFFFFFF)
+                        key = x >> np.uint32(16)
+                        if low_bits and (x & np.uint32(0xFFFF)) != 0:
+                            key |= np.uint32(0x8000)
+                        h[key] += times
+            bad[b] = nonfinite
+
+    @njit(cache=True, nogil=True, parallel=True)
+    def _bf16_delta(raw, base, D, blocks):  # pragma: no cover - compiled
+        n, C = D.shape
+        for b in prange(blocks):
+            lo, hi = b * C // blocks, (b + 1) * C // blocks
+            w = hi - lo
+            bits = np.empty(w, np.uint32)
+            f = bits.view(np.float32)
+            fb = base[lo:hi]  # slices, indexed from 0: the loops then vectorize
+            r = raw[0, lo:hi]
+            for k in range(w):  # a bf16 number is the top half of the float32 it equals
+                bits[k] = np.uint32(r[k]) << np.uint32(16)
+            for k in range(w):
+                fb[k] = f[k]
+            for i in range(n):
+                r = raw[i + 1, lo:hi]
+                for k in range(w):
+                    bits[k] = np.uint32(r[k]) << np.uint32(16)
+                Di = D[i, lo:hi]
+                for k in range(w):
+                    Di[k] = f[k] - fb[k]
 
     TILE = 1024  # columns a thread works on at a time: (n, TILE) float32 stays in the L1/L2 cache
 
@@ -77,8 +135,9 @@ if numba is not None:
                 if 0 < left[i] < C:
                     c = 0
                     tv = tie[i]
-                    for j in range(lo, hi):
-                        c += abs(D[i, j]) == tv
+                    row = D[i, lo:hi]
+                    for j in range(hi - lo):
+                        c += abs(row[j]) == tv
                     counts[b, i] = c
         for i in range(n):
             rem = left[i]
@@ -143,14 +202,15 @@ if numba is not None:
                         r = Ti[j] * S[j]
                         num[j] += r if r > zero else zero
                         cnt[j] += one if r > zero else zero
+                o, bs, fo = out[t0:t0 + w], base[t0:t0 + w], flags[t0:t0 + w]
                 for j in range(w):
                     m = num[j] * S[j]
                     if disjoint == 0:
                         m = m / (cnt[j] if cnt[j] > one else one)
                     elif disjoint == 2:
                         m = m / nf
-                    out[t0 + j] = base[t0 + j] + lam * m
-                    flags[t0 + j] = fl[j]
+                    o[j] = bs[j] + lam * m
+                    fo[j] = fl[j]
         for i in range(n):
             for b in range(blocks):
                 used[i] += start[b, i] - rest[b, i]
@@ -162,6 +222,21 @@ def histogram(D: torch.Tensor, hist: np.ndarray, low_bits: bool, times: int = 1)
     are not 0 (the layout of :class:`.select.TopK`'s bf16 histogram)."""
     bits = D.view(torch.int32).numpy()
     _histogram(bits, hist, hist.shape[0], low_bits, times)
+
+
+def histogram_bf16(raw: torch.Tensor, hist: np.ndarray, low_bits: bool, times: int = 1) -> bool:
+    """:func:`histogram` of the task vectors of ``raw`` (n + 1, C) bf16 — rows 1… minus row 0,
+    in float32 — without writing them out. False when some input is not finite (inf or NaN):
+    the caller then reads the chunk the ordinary way, whose check names the input."""
+    bad = np.zeros(hist.shape[0], np.bool_)
+    _histogram_bf16(raw.view(torch.int16).numpy().view(np.uint16), hist, low_bits, times, bad)
+    return not bad.any()
+
+
+def bf16_delta(raw: torch.Tensor, base: torch.Tensor, D: torch.Tensor) -> None:
+    """Rows 1… of ``raw`` (n + 1, C) bf16 minus its row 0, as float32, into ``D`` (n, C); row 0 as
+    float32 into ``base`` (C,): what converting to float32 and subtracting gives, in one pass."""
+    _bf16_delta(raw.view(torch.int16).numpy().view(np.uint16), base.numpy(), D.numpy(), _threads())
 
 
 def blocks() -> int:

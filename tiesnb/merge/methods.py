@@ -283,10 +283,19 @@ class SparseMerge:
         if stage == 1 and fused.available(job.device):  # one compiled pass, every model's counts at once
             H = np.zeros((fused.blocks(), job.n, sel[0][0].keys()), np.int64)
             total = 0
-            for name, _, _, _, D in job.chunks(desc, names):
-                times = mult.get(name, 1)
-                fused.histogram(D, H, job.bf16_inputs, times)
-                total += D.shape[1] * times
+            if job.raw_bf16:  # straight from the stored bf16 numbers, no float32 copy of the chunk
+                for name, start, stop, raw in job.raw_chunks(desc, names):
+                    times = mult.get(name, 1)
+                    if not fused.histogram_bf16(raw, H, True, times):
+                        job.read_chunk(name, start, stop)  # raises: its check names the input
+                    total += raw.shape[1] * times
+                for name in names:
+                    job.verified(name)
+            else:
+                for name, _, _, _, D in job.chunks(desc, names):
+                    times = mult.get(name, 1)
+                    fused.histogram(D, H, job.bf16_inputs, times)
+                    total += D.shape[1] * times
             counts = torch.from_numpy(H.sum(0))
             for i, row in enumerate(sel):
                 for s in row:
