@@ -128,3 +128,19 @@ def test_bf16_non_finite_input_is_named(tmp_path, bad):
     with pytest.raises(TiesnbError, match=r"non-finite values \(NaN or inf\) in 'l1.w' of model 2"):
         merge_checkpoints("ties", tmp_path / "b", [tmp_path / f"m{i}" for i in range(3)], tmp_path / "o", progress=False)
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("blocks", [1, 2, 3])
+def test_bf16_merge_kernel_equals_the_float32_one(blocks):
+    g = torch.Generator().manual_seed(blocks)
+    raw = (0.02 * torch.randn(5, 3001, generator=g)).to(torch.bfloat16)
+    raw[1:] = (raw[0].float() + 2e-3 * torch.randint(-3, 4, (4, 3001), generator=g)).to(torch.bfloat16)
+    D, base = raw[1:].float() - raw[0].float(), raw[0].float()
+    thr = np.array([2e-3, 1e-3, -1.0, 3e-3], np.float32)
+    tie, left, low = thr.copy(), np.array([0, 10**6, 0, 3001], np.int64), np.full(4, -1.0, np.float32)
+    out, flags, want, want_flags = torch.empty(3001), torch.empty(3001, dtype=torch.uint8), torch.empty(3001), torch.empty(3001, dtype=torch.uint8)
+    used = fused.merge_bf16(raw, thr, tie, left, low, False, "mean", 0.5, out, flags, blocks=blocks)
+    want_used = fused.merge(D, base, thr, tie, left, low, False, "mean", 0.5, want, want_flags, blocks=blocks)
+    assert torch.equal(out, want) and used.tolist() == want_used.tolist() and used[1] > 0
+    with pytest.raises(ValueError, match="run out"):
+        fused.merge_bf16(raw, thr, tie, np.array([0, 5, 0, 0], np.int64), low, False, "mean", 0.5, out, flags)

@@ -232,12 +232,22 @@ class MergeJob:
         with self.bar(total, desc) as bar:
             for name in names:
                 for start, stop in self.ranges(name):
-                    C = stop - start
-                    raw = self._raw[: (self.n + 1) * C].view(self.n + 1, C)
-                    for i, src in enumerate([self.base, *self.models]):
-                        src.read_into(name, start, stop, raw[i])
-                    yield name, start, stop, raw
-                    bar.update(C)
+                    yield name, start, stop, self._read_raw(name, start, stop)
+                    bar.update(stop - start)
+
+    def _read_raw(self, name: str, start: int, stop: int) -> torch.Tensor:
+        C = stop - start
+        raw = self._raw[: (self.n + 1) * C].view(self.n + 1, C)
+        for i, src in enumerate([self.base, *self.models]):
+            src.read_into(name, start, stop, raw[i])
+        return raw
+
+    def read_raw(self, name: str, start: int, stop: int) -> torch.Tensor | None:
+        """The chunk as stored, (n + 1, C) bf16 with the base in row 0 — when the inputs are bf16
+        on CPU, the tensor is not held in memory, and its values were found finite; else None."""
+        if self._raw is None or name not in self._verified or (self._held is not None and self._held[0] == name):
+            return None
+        return self._read_raw(name, start, stop)
 
     @property
     def raw_bf16(self) -> bool:

@@ -121,6 +121,67 @@ if numba is not None:
 
     TILE = 1024  # columns a thread works on at a time: (n, TILE) float32 stays in the L1/L2 cache
 
+    @njit(cache=True, nogil=True)
+    def _merge_tile(D, t0, w, bt, thr, tie, rem, low, zero_positive, disjoint, lam, T, S, num, cnt, fl, o, fo):  # pragma: no cover
+        """TIES on the ``w`` columns of task vectors ``D`` (n, ·) from ``t0``, base ``bt``; merged
+        values to ``o``, set-aside flags to ``fo``; ``rem``: the ties each model may still keep."""
+        n = D.shape[0]
+        nf = np.float32(n)
+        one = np.float32(1.0)
+        zero = np.float32(0.0)
+        S[:w] = zero
+        fl[:w] = 0
+        for i in range(n):  # trim row i, then add it: the sum runs over the models in order
+            row = D[i, t0:t0 + w]  # a row slice of a C-contiguous array: contiguous, the loops vectorize
+            Ti = T[i]
+            th = thr[i]
+            tv = tie[i]
+            if rem[i] >= w:  # every tie of the tile is kept: one branch-free loop
+                c = 0
+                for j in range(w):
+                    x = row[j]
+                    a = abs(x)
+                    Ti[j] = x if (a > th) | (a == tv) else zero
+                    c += a == tv
+                rem[i] -= c
+            else:
+                for j in range(w):
+                    x = row[j]
+                    Ti[j] = x if abs(x) > th else zero
+                if rem[i] > 0:  # the last ties to keep fall in this tile, in flat order
+                    for j in range(w):
+                        if rem[i] > 0 and Ti[j] == zero and abs(row[j]) == tv:
+                            Ti[j] = row[j]
+                            rem[i] -= 1
+            if low[i] >= 0:  # not kept, though in the undecided bin (low > 0, so x != 0)
+                lw = low[i]
+                for j in range(w):
+                    fl[j] |= (Ti[j] == zero) & (abs(row[j]) >= lw)
+            for j in range(w):
+                S[j] += Ti[j]
+        for j in range(w):  # the elected sign, kept in S
+            v = S[j]
+            sg = one if v > zero else (-one if v < zero else zero)
+            if zero_positive and sg == zero:
+                sg = one
+            S[j] = sg
+            num[j] = zero
+            cnt[j] = zero
+        for i in range(n):  # the agreeing entries' magnitudes, summed in model order
+            Ti = T[i]
+            for j in range(w):
+                r = Ti[j] * S[j]
+                num[j] += r if r > zero else zero
+                cnt[j] += one if r > zero else zero
+        for j in range(w):
+            m = num[j] * S[j]
+            if disjoint == 0:
+                m = m / (cnt[j] if cnt[j] > one else one)
+            elif disjoint == 2:
+                m = m / nf
+            o[j] = bt[j] + lam * m
+            fo[j] = fl[j]
+
     @njit(cache=True, nogil=True, parallel=True)
     def _merge(D, base, thr, tie, left, low, zero_positive, disjoint, lam, out, flags, used, blocks):  # pragma: no cover
         n, C = D.shape
@@ -145,12 +206,8 @@ if numba is not None:
                 start[b, i] = rem
                 rem = max(rem - counts[b, i], 0)
         rest = start.copy()
-        nf = np.float32(n)
-        one = np.float32(1.0)
-        zero = np.float32(0.0)
         for b in prange(blocks):
             lo, hi = b * C // blocks, (b + 1) * C // blocks
-            rem = rest[b]
             T = np.empty((n, TILE), np.float32)
             S = np.empty(TILE, np.float32)
             num = np.empty(TILE, np.float32)
@@ -158,62 +215,48 @@ if numba is not None:
             fl = np.empty(TILE, np.uint8)
             for t0 in range(lo, hi, TILE):
                 w = min(TILE, hi - t0)
-                S[:w] = zero
-                fl[:w] = 0
-                for i in range(n):  # trim row i, then add it: the sum runs over the models in order
-                    row = D[i, t0:t0 + w]
-                    Ti = T[i]
-                    th = thr[i]
-                    tv = tie[i]
-                    if rem[i] >= w:  # every tie of the tile is kept: one branch-free loop
-                        c = 0
-                        for j in range(w):
-                            x = row[j]
-                            a = abs(x)
-                            Ti[j] = x if (a > th) | (a == tv) else zero
-                            c += a == tv
-                        rem[i] -= c
-                    else:
-                        for j in range(w):
-                            x = row[j]
-                            Ti[j] = x if abs(x) > th else zero
-                        if rem[i] > 0:  # the last ties to keep fall in this tile, in flat order
-                            for j in range(w):
-                                if rem[i] > 0 and Ti[j] == zero and abs(row[j]) == tv:
-                                    Ti[j] = row[j]
-                                    rem[i] -= 1
-                    if low[i] >= 0:  # not kept, though in the undecided bin (low > 0, so x != 0)
-                        lw = low[i]
-                        for j in range(w):
-                            fl[j] |= (Ti[j] == zero) & (abs(row[j]) >= lw)
-                    for j in range(w):
-                        S[j] += Ti[j]
-                for j in range(w):  # the elected sign, kept in S
-                    v = S[j]
-                    sg = one if v > zero else (-one if v < zero else zero)
-                    if zero_positive and sg == zero:
-                        sg = one
-                    S[j] = sg
-                    num[j] = zero
-                    cnt[j] = zero
-                for i in range(n):  # the agreeing entries' magnitudes, summed in model order
-                    Ti = T[i]
-                    for j in range(w):
-                        r = Ti[j] * S[j]
-                        num[j] += r if r > zero else zero
-                        cnt[j] += one if r > zero else zero
-                o, bs, fo = out[t0:t0 + w], base[t0:t0 + w], flags[t0:t0 + w]
-                for j in range(w):
-                    m = num[j] * S[j]
-                    if disjoint == 0:
-                        m = m / (cnt[j] if cnt[j] > one else one)
-                    elif disjoint == 2:
-                        m = m / nf
-                    o[j] = bs[j] + lam * m
-                    fo[j] = fl[j]
+                _merge_tile(D, t0, w, base[t0:t0 + w], thr, tie, rest[b], low, zero_positive, disjoint,
+                            lam, T, S, num, cnt, fl, out[t0:t0 + w], flags[t0:t0 + w])
         for i in range(n):
             for b in range(blocks):
                 used[i] += start[b, i] - rest[b, i]
+
+    @njit(cache=True, nogil=True, parallel=True)
+    def _merge_bf16(raw, thr, tie, left, low, zero_positive, disjoint, lam, out, flags, used, blocks):  # pragma: no cover
+        # `left[i]` is 0 or at least the chunk's width: no block can exhaust the ties
+        n, C = raw.shape[0] - 1, raw.shape[1]
+        rest = np.empty((blocks, n), np.int64)
+        for b in prange(blocks):
+            lo, hi = b * C // blocks, (b + 1) * C // blocks
+            rest[b] = left
+            Dt = np.empty((n, TILE), np.float32)
+            bt = np.empty(TILE, np.float32)
+            bits = np.empty(TILE, np.uint32)
+            f = bits.view(np.float32)
+            T = np.empty((n, TILE), np.float32)
+            S = np.empty(TILE, np.float32)
+            num = np.empty(TILE, np.float32)
+            cnt = np.empty(TILE, np.float32)
+            fl = np.empty(TILE, np.uint8)
+            for t0 in range(lo, hi, TILE):
+                w = min(TILE, hi - t0)
+                r = raw[0, t0:t0 + w]
+                for k in range(w):  # a bf16 number is the top half of the float32 it equals
+                    bits[k] = np.uint32(r[k]) << np.uint32(16)
+                for k in range(w):
+                    bt[k] = f[k]
+                for i in range(n):
+                    r = raw[i + 1, t0:t0 + w]
+                    for k in range(w):
+                        bits[k] = np.uint32(r[k]) << np.uint32(16)
+                    di = Dt[i]
+                    for k in range(w):
+                        di[k] = f[k] - bt[k]
+                _merge_tile(Dt, 0, w, bt, thr, tie, rest[b], low, zero_positive, disjoint,
+                            lam, T, S, num, cnt, fl, out[t0:t0 + w], flags[t0:t0 + w])
+        for i in range(n):
+            for b in range(blocks):
+                used[i] += left[i] - rest[b, i]
 
 
 def histogram(D: torch.Tensor, hist: np.ndarray, low_bits: bool, times: int = 1) -> None:
@@ -255,4 +298,17 @@ def merge(D: torch.Tensor, base: torch.Tensor, thr, tie, left, low, zero_positiv
     used = np.zeros(n, np.int64)
     _merge(D.numpy(), base.numpy(), thr, tie, left, low, zero_positive, DISJOINT[disjoint], np.float32(lam),
            out.numpy(), flags.numpy(), used, blocks or _threads())
+    return used
+
+
+def merge_bf16(raw: torch.Tensor, thr, tie, left, low, zero_positive: bool, disjoint: str, lam: float,
+               out: torch.Tensor, flags: torch.Tensor, blocks: int | None = None) -> np.ndarray:
+    """:func:`merge` of the task vectors of ``raw`` (n + 1, C) bf16 (rows 1… minus row 0, in
+    float32) onto row 0, without writing them out. Every ``left[i]`` must be 0 or at least C."""
+    C = raw.shape[1]
+    if any(0 < x < C for x in left):
+        raise ValueError("merge_bf16: the ties to keep could run out inside this chunk; use merge()")
+    used = np.zeros(raw.shape[0] - 1, np.int64)
+    _merge_bf16(raw.view(torch.int16).numpy().view(np.uint16), thr, tie, left, low, zero_positive,
+                DISJOINT[disjoint], np.float32(lam), out.numpy(), flags.numpy(), used, blocks or _threads())
     return used

@@ -221,11 +221,9 @@ class _Trimmer:
                     T[i].div_(self.p["k"])
         return T
 
-    def fused_merge(self, D: torch.Tensor, base: torch.Tensor, out: torch.Tensor, flags: torch.Tensor,
-                    zero_positive: bool, disjoint: str, lam: float) -> torch.Tensor | None:
-        """The compiled path (:func:`.fused.merge`) of trim + :meth:`SparseMerge._combine` +
-        :meth:`uncertain` for a magnitude trim; writes the merged chunk to ``out`` and returns the
-        set-aside columns (None without a pending scope)."""
+    def _fused_args(self):
+        """Per model: the strict threshold, the tie value, the ties still to keep, the undecided
+        bin's lower edge (-1: none), as :func:`.fused.merge` takes them."""
         n = self.job.n
         thr = np.empty(n, np.float32)
         tie = np.zeros(n, np.float32)
@@ -240,13 +238,34 @@ class _Trimmer:
                 left[i] = self.extra_left[i][0]
             if self.low[i] is not None:
                 low[i] = self.low[i]
-        used = fused.merge(D, base, thr, tie, left, low, zero_positive, disjoint, lam, out, flags)
-        for i in range(n):
-            if used[i]:
-                self.extra_left[i][0] -= int(used[i])
+        return thr, tie, left, low
+
+    def _used(self, used: np.ndarray) -> None:
+        for i, u in enumerate(used):
+            if u:
+                self.extra_left[i][0] -= int(u)
+
+    def fused_merge(self, D: torch.Tensor, base: torch.Tensor, out: torch.Tensor, flags: torch.Tensor,
+                    zero_positive: bool, disjoint: str, lam: float) -> torch.Tensor | None:
+        """The compiled path (:func:`.fused.merge`) of trim + :meth:`SparseMerge._combine` +
+        :meth:`uncertain` for a magnitude trim; writes the merged chunk to ``out`` and returns the
+        set-aside columns (None without a pending scope)."""
+        thr, tie, left, low = self._fused_args()
+        self._used(fused.merge(D, base, thr, tie, left, low, zero_positive, disjoint, lam, out, flags))
         if self.scope is None or (low < 0).all():
             return None
         return torch.nonzero(flags).flatten()
+
+    def raw_ok(self, width: int) -> bool:
+        """Whether a chunk of ``width`` columns can be merged from its stored bf16 numbers
+        (:func:`.fused.merge_bf16`): nothing to set aside, and no model's ties run out in it."""
+        return all(low is None for low in self.low) and all(
+            c.inclusive or not (0 < left[0] < width) for cs, left in zip(self.cuts, self.extra_left) for c in cs[:1])
+
+    def fused_merge_raw(self, raw: torch.Tensor, out: torch.Tensor, flags: torch.Tensor,
+                        zero_positive: bool, disjoint: str, lam: float) -> None:
+        thr, tie, left, low = self._fused_args()
+        self._used(fused.merge_bf16(raw, thr, tie, left, low, zero_positive, disjoint, lam, out, flags))
 
     def uncertain(self, D: torch.Tensor, T: torch.Tensor) -> torch.Tensor | None:
         """Column indices of the chunk holding an entry in some model's undecided bin."""
@@ -446,16 +465,22 @@ class SparseMerge:
             state.scopes.append(scope)
         fast = self.fusable(job, p, state)
         for start, stop in job.ranges(name, MERGE_CHUNK):
-            base, D = job.read_chunk(name, start, stop)
             if fast:
                 C = stop - start
-                out = job.scratch("merged", (C,))
-                idx = trim.fused_merge(D, base, out, job.scratch("flags", (C,), torch.uint8),
-                                       p["zero_sign"] == "positive", p["disjoint"], p["lam"])
+                out, flags = job.scratch("merged", (C,)), job.scratch("flags", (C,), torch.uint8)
+                args = (p["zero_sign"] == "positive", p["disjoint"], p["lam"])
+                raw = job.read_raw(name, start, stop) if trim.raw_ok(C) else None
+                if raw is not None:  # bf16 inputs: merged from the stored numbers
+                    trim.fused_merge_raw(raw, out, flags, *args)
+                    yield out
+                    continue
+                base, D = job.read_chunk(name, start, stop)
+                idx = trim.fused_merge(D, base, out, flags, *args)
                 if idx is not None and idx.numel():
                     scope.add(name, idx, start, D, base, None)
                 yield out
                 continue
+            base, D = job.read_chunk(name, start, stop)
             given = state.signs and self._signs_chunk(state, name, start, stop, D.device)
             T = trim(name, start, stop, D)
             idx = trim.uncertain(D, T)
