@@ -137,6 +137,8 @@ def test_bf16_merge_kernel_equals_the_float32_one(blocks):
     raw[1:] = (raw[0].float() + 2e-3 * torch.randint(-3, 4, (4, 3001), generator=g)).to(torch.bfloat16)
     D, base = raw[1:].float() - raw[0].float(), raw[0].float()
     thr = np.array([2e-3, 1e-3, -1.0, 3e-3], np.float32)
+    mags = D[1].abs()
+    thr[1] = float(mags[mags > 0].mode().values)  # a magnitude many entries share: ties at the cut
     tie, left, low = thr.copy(), np.array([0, 10**6, 0, 3001], np.int64), np.full(4, -1.0, np.float32)
     out, flags, want, want_flags = torch.empty(3001), torch.empty(3001, dtype=torch.uint8), torch.empty(3001), torch.empty(3001, dtype=torch.uint8)
     used = fused.merge_bf16(raw, thr, tie, left, low, False, "mean", 0.5, out, flags, blocks=blocks)
