@@ -242,10 +242,18 @@ class MergeJob:
             src.read_into(name, start, stop, raw[i])
         return raw
 
+    def contiguous(self, D: torch.Tensor) -> torch.Tensor:
+        """``D`` with contiguous rows (a chunk of a held tensor is a column slice): the compiled
+        kernels vectorize only over rows they know are contiguous; a copy is far cheaper."""
+        return D if D.is_contiguous() else self.scratch("contiguous", D.shape).copy_(D)
+
+    def is_held(self, name: str) -> bool:
+        return self._held is not None and self._held[0] == name
+
     def read_raw(self, name: str, start: int, stop: int) -> torch.Tensor | None:
         """The chunk as stored, (n + 1, C) bf16 with the base in row 0 — when the inputs are bf16
         on CPU, the tensor is not held in memory, and its values were found finite; else None."""
-        if self._raw is None or name not in self._verified or (self._held is not None and self._held[0] == name):
+        if self._raw is None or name not in self._verified or self.is_held(name):
             return None
         return self._read_raw(name, start, stop)
 

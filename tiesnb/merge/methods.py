@@ -302,7 +302,7 @@ class SparseMerge:
         if stage == 1 and fused.available(job.device):  # one compiled pass, every model's counts at once
             H = np.zeros((fused.blocks(), job.n, sel[0][0].keys()), np.int64)
             total = 0
-            if job.raw_bf16:  # straight from the stored bf16 numbers, no float32 copy of the chunk
+            if job.raw_bf16 and not any(job.is_held(n) for n in names):  # from the stored bf16 numbers
                 for name, start, stop, raw in job.raw_chunks(desc, names):
                     times = mult.get(name, 1)
                     if not fused.histogram_bf16(raw, H, True, times):
@@ -313,7 +313,7 @@ class SparseMerge:
             else:
                 for name, _, _, _, D in job.chunks(desc, names):
                     times = mult.get(name, 1)
-                    fused.histogram(D, H, job.bf16_inputs, times)
+                    fused.histogram(job.contiguous(D), H, job.bf16_inputs, times)
                     total += D.shape[1] * times
             counts = torch.from_numpy(H.sum(0))
             for i, row in enumerate(sel):
@@ -475,7 +475,7 @@ class SparseMerge:
                     yield out
                     continue
                 base, D = job.read_chunk(name, start, stop)
-                idx = trim.fused_merge(D, base, out, flags, *args)
+                idx = trim.fused_merge(job.contiguous(D), base, out, flags, *args)
                 if idx is not None and idx.numel():
                     scope.add(name, idx, start, D, base, None)
                 yield out
