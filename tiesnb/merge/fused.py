@@ -10,6 +10,13 @@ pass each, split into column blocks over the threads torch uses:
 * :func:`merge` — trim, sign election by mass, disjoint merge, ``base + λ·merged``, and the flags
   of the columns the deferred cut sets aside (see ``methods.DEFER``).
 
+For bf16 checkpoints :func:`histogram_bf16` and :func:`merge_bf16` take the chunk as stored (the
+base in row 0) and widen it to float32 inside the kernel, a tile at a time, so the float32 task
+vectors are never written out; :func:`bf16_delta` does the widening alone for the other methods.
+Loops index slices from 0 (``row = D[i, lo:hi]``; ``row[j]``): numba then knows no index is
+negative and vectorizes them (indexing ``D[i, j]`` with ``j`` from ``range(lo, hi)`` ran 1.5-4 ×
+slower).
+
 They compute what the torch kernels compute, in the same float32 operations and order, so the
 results are equal (tested against the torch path; only the sign of a zero may differ). Without
 numba, or with ``TIESNB_FUSED=0``, the engine uses the torch kernels alone.
