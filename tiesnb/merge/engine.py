@@ -208,10 +208,7 @@ class MergeJob:
             return hb[start:stop], hX[:, start:stop]
         base, X = self._bbuf[:C], self._buf[: self.n * C].view(self.n, C)  # contiguous rows
         if delta and self._raw is not None:
-            raw = self._raw[: (self.n + 1) * C].view(self.n + 1, C)
-            for i, src in enumerate([self.base, *self.models]):
-                src.read_into(name, start, stop, raw[i])
-            fused.bf16_delta(raw, base, X)
+            fused.bf16_delta(self._read_raw(name, start, stop), base, X)
             if name not in self._verified:  # a non-finite weight gives a non-finite difference
                 self._verify(name, base, X)
             return base, X

@@ -51,9 +51,26 @@ def _threads() -> int:
     return t
 
 
-BF16_TILE = 4096
+TILE = 1024  # merge: columns a thread works on at a time; (n, TILE) float32 stays in the L1/L2 cache
+BF16_TILE = 4096  # bf16 histogram: columns widened at a time
 
 if numba is not None:
+
+    @njit(inline="always")
+    def _widen(r, bits, w):  # pragma: no cover - compiled
+        """bf16 numbers ``r[:w]`` as the bit patterns of the float32 they equal (a bf16 number is
+        the top half of its float32) into ``bits``; True when one is inf or NaN (exponent all 1s)."""
+        nonfinite = False
+        for k in range(w):
+            bits[k] = np.uint32(r[k]) << np.uint32(16)
+            nonfinite |= (r[k] & 0x7F80) == 0x7F80
+        return nonfinite
+
+    @njit(inline="always")
+    def _tile_buffers(n):  # pragma: no cover - compiled
+        """A thread's work buffers for :func:`_merge_tile`: trimmed rows, sign, sum, count, flags."""
+        return (np.empty((n, TILE), np.float32), np.empty(TILE, np.float32), np.empty(TILE, np.float32),
+                np.empty(TILE, np.float32), np.empty(TILE, np.uint8))
 
     @njit(cache=True, nogil=True, parallel=True)
     def _histogram(bits, hist, blocks, low_bits, times):  # pragma: no cover - compiled
@@ -82,17 +99,11 @@ if numba is not None:
             nonfinite = False
             for t0 in range(lo, hi, BF16_TILE):
                 w = min(BF16_TILE, hi - t0)
-                r = raw[0, t0:t0 + w]
-                for k in range(w):
-                    bits[k] = np.uint32(r[k]) << np.uint32(16)
-                    nonfinite |= (r[k] & 0x7F80) == 0x7F80  # exponent all ones: inf or NaN
+                nonfinite |= _widen(raw[0, t0:t0 + w], bits, w)
                 for k in range(w):
                     fb[k] = f[k]
                 for i in range(n):
-                    r = raw[i + 1, t0:t0 + w]
-                    for k in range(w):
-                        bits[k] = np.uint32(r[k]) << np.uint32(16)
-                        nonfinite |= (r[k] & 0x7F80) == 0x7F80
+                    nonfinite |= _widen(raw[i + 1, t0:t0 + w], bits, w)
                     for k in range(w):
                         f[k] = f[k] - fb[k]
                     h = hist[b, i]
@@ -113,20 +124,14 @@ if numba is not None:
             bits = np.empty(w, np.uint32)
             f = bits.view(np.float32)
             fb = base[lo:hi]  # slices, indexed from 0: the loops then vectorize
-            r = raw[0, lo:hi]
-            for k in range(w):  # a bf16 number is the top half of the float32 it equals
-                bits[k] = np.uint32(r[k]) << np.uint32(16)
+            _widen(raw[0, lo:hi], bits, w)
             for k in range(w):
                 fb[k] = f[k]
             for i in range(n):
-                r = raw[i + 1, lo:hi]
-                for k in range(w):
-                    bits[k] = np.uint32(r[k]) << np.uint32(16)
+                _widen(raw[i + 1, lo:hi], bits, w)
                 Di = D[i, lo:hi]
                 for k in range(w):
                     Di[k] = f[k] - fb[k]
-
-    TILE = 1024  # columns a thread works on at a time: (n, TILE) float32 stays in the L1/L2 cache
 
     @njit(cache=True, nogil=True)
     def _merge_tile(D, t0, w, bt, thr, tie, rem, low, zero_positive, disjoint, lam, T, S, num, cnt, fl, o, fo):  # pragma: no cover
@@ -215,11 +220,7 @@ if numba is not None:
         rest = start.copy()
         for b in prange(blocks):
             lo, hi = b * C // blocks, (b + 1) * C // blocks
-            T = np.empty((n, TILE), np.float32)
-            S = np.empty(TILE, np.float32)
-            num = np.empty(TILE, np.float32)
-            cnt = np.empty(TILE, np.float32)
-            fl = np.empty(TILE, np.uint8)
+            T, S, num, cnt, fl = _tile_buffers(n)
             for t0 in range(lo, hi, TILE):
                 w = min(TILE, hi - t0)
                 _merge_tile(D, t0, w, base[t0:t0 + w], thr, tie, rest[b], low, zero_positive, disjoint,
@@ -240,22 +241,14 @@ if numba is not None:
             bt = np.empty(TILE, np.float32)
             bits = np.empty(TILE, np.uint32)
             f = bits.view(np.float32)
-            T = np.empty((n, TILE), np.float32)
-            S = np.empty(TILE, np.float32)
-            num = np.empty(TILE, np.float32)
-            cnt = np.empty(TILE, np.float32)
-            fl = np.empty(TILE, np.uint8)
+            T, S, num, cnt, fl = _tile_buffers(n)
             for t0 in range(lo, hi, TILE):
                 w = min(TILE, hi - t0)
-                r = raw[0, t0:t0 + w]
-                for k in range(w):  # a bf16 number is the top half of the float32 it equals
-                    bits[k] = np.uint32(r[k]) << np.uint32(16)
+                _widen(raw[0, t0:t0 + w], bits, w)
                 for k in range(w):
                     bt[k] = f[k]
                 for i in range(n):
-                    r = raw[i + 1, t0:t0 + w]
-                    for k in range(w):
-                        bits[k] = np.uint32(r[k]) << np.uint32(16)
+                    _widen(raw[i + 1, t0:t0 + w], bits, w)
                     di = Dt[i]
                     for k in range(w):
                         di[k] = f[k] - bt[k]
