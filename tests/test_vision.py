@@ -1,12 +1,9 @@
-"""The vision study's groundwork: image readers on the real small packages (and CIFAR-10's reader
-on an archive built here in BIG-bench's layout), seeded class-balanced splits, EfficientNet-Lite0
+"""The vision study's groundwork: image readers on the real small packages (their pixels checked
+against the pinned fingerprints), seeded class-balanced splits, EfficientNet-Lite0
 from its wheel, deterministic fine-tuning, and BatchNorm re-estimation against an independent
 computation."""
 
-import base64
 import io
-import json
-import tarfile
 
 import numpy as np
 import pytest
@@ -29,26 +26,30 @@ def test_digit_and_fashion_sources_read_from_their_packages():
     assert np.median([tall(im) for im in f[fy == 1][:200]]) > 1.5 > np.median([tall(im) for im in f[fy == 8][:200]])
 
 
-def test_cifar_reader_on_bigbench_layout(tmp_path, monkeypatch):
-    from PIL import Image
+def test_animal_silhouettes_read_from_their_pickles_with_numpy_only():
+    from tiesnb.data import assets
 
-    rng = np.random.default_rng(0)
-    pics = rng.integers(0, 256, (12, 32, 32, 3), dtype=np.uint8)
-    examples = []
-    for i, p in enumerate(pics):
-        buf = io.BytesIO()
-        Image.fromarray(p).save(buf, format="PNG")
-        examples.append({"input": base64.b64encode(buf.getvalue()).decode(),
-                         "target_scores": {c: int(c == img.CIFAR10[i % 10]) for c in img.CIFAR10}})
-    raw = json.dumps({"examples": examples}).encode()
-    archive = tmp_path / "bigbench.tar.gz"
-    with tarfile.open(archive, "w:gz") as tf:
-        info = tarfile.TarInfo("bigbench-1.0.0/bigbench/benchmark_tasks/cifar10_classification/base64/task.json")
-        info.size = len(raw)
-        tf.addfile(info, io.BytesIO(raw))
-    monkeypatch.setattr(img, "asset_path", lambda name: archive)
-    x, y = img.read_cifar10()
-    assert np.array_equal(x, pics) and y.tolist() == [i % 10 for i in range(12)]
+    assets.fetch(["animals"], quiet=True)
+    x, y = img.read_animals()
+    assert x.shape == (10000, 28, 28) and np.bincount(y).tolist() == [1000] * 10
+    assert img.arrays_fingerprint(x, y) == img.READERS["animals"].fingerprint
+    # a pickle that asks for anything but numpy arrays is refused
+    import gzip
+    import pickle
+
+    evil = gzip.compress(pickle.dumps(print))
+    with pytest.raises(TiesnbError, match="asks for builtins.print: refused"):
+        img._NumpyOnly(io.BytesIO(gzip.decompress(evil))).load()
+
+
+def test_an_image_source_with_other_pixels_is_refused(monkeypatch):
+    x, y = img.read_digits()
+    monkeypatch.setitem(img.READERS, "digits_reversed", img.ImageSource(lambda: (x[::-1].copy(), y[::-1].copy()),
+                                                                        "sklearn", img.READERS["digits"].fingerprint))
+    with pytest.raises(TiesnbError, match="image source digits_reversed: the images read from pypi:scikit-learn==1.7.2 "
+                                          "differ from the pinned content"):
+        img.source_images("digits_reversed")
+    assert not (img.paths.DATA_CACHE / "images" / "digits_reversed-32.npz").exists()
 
 
 def test_tasks_split_class_balanced_and_seeded():

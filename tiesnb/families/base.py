@@ -34,7 +34,21 @@ class Family:
     Settings: type = NoSettings  # the dataclass of this family's section in study.yaml
     modes: tuple[str, ...] = ("full",)  # what the study's ``mode`` may be (ia3: (IA)³ vectors are trained)
     cache_data: bool = True  # the splits are kept as JSON under runs/<study>/data (cheap readers: no)
-    assets: tuple[str, ...] = ()  # the offline assets `tiesnb data fetch --study` downloads (none: a hub family)
+    assets: tuple[str, ...] = ()  # the model's offline assets (none: a hub family); see study_assets
+
+    def task_asset(self, task: str) -> str | None:
+        """The offline asset a task's data is read from (None: the hub, or data_dir)."""
+        return None
+
+    def study_assets(self, tasks) -> dict[str, list[str]]:
+        """Every offline asset a study of these tasks reads → what reads it (the model, tasks):
+        what `tiesnb data fetch --study` downloads and `tiesnb data check` asks about."""
+        out = {a: ["the model"] for a in self.assets}
+        for task in tasks:
+            asset = self.task_asset(task)
+            if asset:
+                out.setdefault(asset, []).append(task)
+        return out
 
     def check(self, study) -> None:
         """Raise a one-line error for a setting the family cannot use (called once per study)."""

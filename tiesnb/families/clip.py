@@ -220,6 +220,9 @@ class CLIPVision(Family):
     Settings = CLIPSettings
     cache_data = False
 
+    def task_asset(self, task: str) -> str | None:  # the embedded image tasks (the paper's come from the hub)
+        return IMAGE_TASKS[task].asset if task in IMAGE_TASKS else None
+
     def check(self, study) -> None:
         if "{}" not in study.settings.template:
             raise TiesnbError(f"study {study.config.name}: clip.template must hold {{}} for the class name, "

