@@ -75,6 +75,7 @@ study: setup  ## set up, then run the study (STUDY=default) and write figures/ a
 	@start=$$(date +%s); \
 	$(TIESNB) data fetch --study $(STUDY) && \
 	TIESNB_THREADS=$${TIESNB_THREADS:-$(THREADS)} $(MAKE) --no-print-directory -j$(JOBS) notebooks STUDY=$(STUDY) && \
+	{ case "$(STUDY)" in default|vision) $(TIESNB) findings ;; esac; } && \
 	echo "study $(STUDY): up to date, $$(( $$(date +%s) - start )) s"
 
 studies: setup  ## every committed study, one after the other: figures/ (text) and figures/vision/

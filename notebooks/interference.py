@@ -94,7 +94,7 @@ fig, ax = plots.figure(height=2.4)
 for col, marker, color in [("% of parameters some model keeps", "o", plots.PALETTE[0]), ("% of all parameters", "s", plots.PALETTE[1])]:
     plots.seed_band(ax, per_seed, "n_models", col, color=color, marker=marker, label=col)
 ax.set(xlabel="number of models merged", ylabel="parameters with a sign conflict (%)",
-       title=f"Sign conflicts after keeping the top {trim_k:.0%}")
+       title=f"Sign conflicts after keeping the top {100 * trim_k:g} %\n(mean over subsets; band: range over {len(S.seeds)} seeds)")
 plots.legend_below(ax, ncol=2)
 S.save_figure(fig, "sign_conflicts", "interference", params,
               data=conf.drop(columns=["fraction_of_kept", "fraction_of_all"]))

@@ -60,6 +60,7 @@ params = {k: globals()[k] for k in ["study", "select_split", "report_split", "ta
                                     "dare_lams", "dare_seed", "regmean_alphas", "default_ta_lam", "default_ties_k",
                                     "default_ties_lam", "ties_preset", "choose_per_seed"]}
 full = S.config.mode == "full"  # Fisher and RegMean need the full encoder's statistics
+PRE = S.family.pretrained_label  # the pretrained encoder's row: "probe" (heads fitted on the task) or "zero-shot"
 grids = {"task_arithmetic": {"lam": ta_lams}, "ties": {"k": ties_ks, "lam": ties_lams},
          "dare": {"k": dare_ks, "lam": dare_lams}, "regmean": {"alpha": regmean_alphas}}
 fixed = {"ties": {"preset": ties_preset}, "dare": {"seed": dare_seed}, "fisher": {"fishers": "auto"},
@@ -105,7 +106,7 @@ for Ss in S.each_seed():
     picks = picks_on(sweep_all[sweep_all.seed == Ss.seed], Ss.seed) if choose_per_seed else pooled
     choices[Ss.seed] = {label: {"method": m, "params": {k: v for k, v in hp.items() if k not in ("fishers", "grams")},
                                 "edge": edges} for m, label, hp, edges in picks}
-    test = Ss.evaluate_checkpoint(None, S.tasks, report_split, "zero-shot")
+    test = Ss.evaluate_checkpoint(None, S.tasks, report_split, PRE)
     for t in progress.bar(S.tasks, desc=f"fine-tuned models on {report_split} (seed {Ss.seed})"):
         test += Ss.evaluate_checkpoint(t, [t], report_split, "fine-tuned")
     test += Ss.evaluate_checkpoint(MULTITASK, S.tasks, report_split, "multitask")
@@ -135,7 +136,11 @@ for key, part in sweep.groupby(["method", *knobs], dropna=False, sort=False):
     intervals.append((iv.lo, iv.hi))
 wide["lo"], wide["hi"] = zip(*intervals)
 wide = wide.reset_index()
-S.save_table(wide, "merge_sweep", "merge_sweep", params,
+shown = wide.copy()  # every grid point told apart: k as a percentage, λ and α with all their digits
+for knob, fmt in (("k", lambda v: f"{100 * v:g} %"), ("lam", lambda v: f"{v:g}"), ("alpha", lambda v: f"{v:g}")):
+    if knob in shown:
+        shown[knob] = [fmt(v) if pd.notna(v) else "" for v in shown[knob]]
+S.save_table(wide, "merge_sweep", "merge_sweep", params, markdown=tables.plain_markdown(shown.rename(columns={"lam": "λ", "alpha": "α"})),
              caption=f"Mean accuracy (%) over the tasks on the {select_split} split for every setting tried, "
                      f"per training seed and averaged over seeds, with the 95 % interval of that mean (lo, hi).")
 wide.sort_values("mean", ascending=False).head(10).round(2)
@@ -150,7 +155,7 @@ def setting(label):
     distinct = list(dict.fromkeys(per_seed_text))
     return distinct[0] if len(distinct) == 1 else " / ".join(per_seed_text)
 
-labels = ["zero-shot", "fine-tuned", "multitask"] + list(choices[S.seeds[0]])
+labels = [PRE, "fine-tuned", "multitask"] + list(choices[S.seeds[0]])
 table = tables.summary(test, labels, S.tasks, S.seeds, settings={l: setting(l) for l in labels})
 edge_rows = [l for l in labels if any(choices[s].get(l, {}).get("edge") for s in S.seeds)]
 PAPER_ROW = {"fine-tuned": "fine-tuned", "multitask": "multitask", "averaging": "averaging",
@@ -191,10 +196,20 @@ pairs += [("task arithmetic − averaging", "task arithmetic", "averaging"),
           ("TIES − task arithmetic, no validation", NO_VAL_TIES, NO_VAL_TA),
           ("TIES − multitask", "TIES", "multitask")]
 comparisons = tables.compare(test, pairs, S.tasks, S.seeds)
+contrib = tables.contributions(test, pairs, S.tasks, S.seeds)
+comparisons["holds without any one task"] = comparisons.comparison.map(tables.leave_one_out(contrib))
 S.save_table(comparisons, "comparisons", "merge_sweep", params, markdown=tables.markdown(comparisons),
              caption=f"Paired differences of the average {report_split} accuracy (points) over {len(S.seeds)} seeds, "
-                     f"with 95 % intervals (bootstrap over seeds and test examples, paired); 'not separated' when "
-                     f"the interval includes 0. Per-seed differences in the last columns.")
+                     f"with two 95 % intervals: a crossed bootstrap over seeds and test examples (paired), and a "
+                     f"seed-level paired t interval over the per-seed differences. A difference is separated only when "
+                     f"both exclude 0 ('not separated (seed level)': the bootstrap does, the t interval does not); "
+                     f"'holds without any one task': still separated, on the same side, with each task left out in "
+                     f"turn (`contributions`). Per-seed differences in the last columns.")
+S.save_table(contrib, "contributions", "merge_sweep", params, markdown=tables.markdown(contrib),
+             caption=f"Where each difference of `comparisons` comes from: each task's own difference ({report_split}, "
+                     f"points, mean over seeds), its contribution to the average difference (own / {len(S.tasks)}) and "
+                     f"its share of the whole (%), and the difference averaged over the other tasks — that task left "
+                     f"out — with both 95 % intervals (crossed bootstrap; seed-level t).")
 comparisons.round(2)
 
 # %% [markdown]
@@ -215,10 +230,11 @@ plots.seed_band(axes[0], ta, "lam", "val", color=plots.METHOD_COLORS["task arith
 axes[0].axvline(1 / len(S.tasks), color="grey", ls=":", lw=0.8)
 axes[0].set(xscale="log", xlabel="task arithmetic λ (scales the sum)", ylabel=f"mean accuracy, {select_split} (%)",
             title="Task arithmetic")
+plots.log_ticks(axes[0], ta_lams)
 ties = acc[acc.method == "ties"]
 shades = dict(zip(sorted(ties.k.unique()), sns.color_palette("Oranges", ties.k.nunique() + 2)[2:]))
 for k, part in ties.groupby("k"):
-    plots.seed_band(axes[1], part, "lam", "val", color=shades[k], label=f"k = {k:.0%}")
+    plots.seed_band(axes[1], part, "lam", "val", color=shades[k], label=f"k = {100 * k:g} %")
 axes[1].set(xlabel="TIES λ (scales the disjoint mean)", title="TIES")
 plots.legend_outside(axes[1])
 best_k = ties.groupby(["k", "seed"])["val"].max().reset_index()

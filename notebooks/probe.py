@@ -17,8 +17,9 @@
 # same linear head per task. The heads are fitted here, once, on the frozen pretrained encoder
 # (multinomial logistic regression on mean-pooled sentence embeddings), as the paper's ViT
 # protocol keeps fixed classification heads. Their accuracy with the pretrained encoder is the
-# study's "zero-shot" row. (A seq2seq study scores answer choices by rank classification and
-# needs no heads: this step then only measures the pretrained model, zero-shot.)
+# study's "probe" row (the family's `pretrained_label`). (A seq2seq study scores answer choices by
+# rank classification and needs no heads: this step then only measures the pretrained model,
+# zero-shot; CLIP's heads come from its text tower, zero-shot too.)
 
 # %% tags=["parameters"]
 study: str = "default"  # which study: params/<study>/study.yaml
@@ -33,7 +34,8 @@ S.data_summary()
 
 # %%
 heads = S.fit_heads()
-rows = S.evaluate_checkpoint(None, S.tasks, "val", "zero-shot") + S.evaluate_checkpoint(None, S.tasks, "test", "zero-shot")
+PRE = S.family.pretrained_label
+rows = S.evaluate_checkpoint(None, S.tasks, "val", PRE) + S.evaluate_checkpoint(None, S.tasks, "test", PRE)
 probe = pd.DataFrame(rows)
 path = S.results_path("probe.csv")
 path.parent.mkdir(parents=True, exist_ok=True)

@@ -49,12 +49,13 @@ if variants:
         raise TiesnbError(f"{choices_file} is missing: run `make merge_sweep STUDY={study}` first")
     choices = json.loads(choices_file.read_text())["choices"]
     AUX = {"fisher": {"fishers": "auto"}, "regmean": {"grams": "auto"}}  # the statistics, as merge_sweep passed them
-    labels = ["zero-shot", "fine-tuned", "multitask"] + list(choices[str(S.seeds[0])])
+    PRE = S.family.pretrained_label
+    labels = [PRE, "fine-tuned", "multitask"] + list(choices[str(S.seeds[0])])
     rows = []
     for name, overrides in variants.items():
         V = S.variant(**overrides)
         for Vs in V.each_seed():
-            part = Vs.evaluate_checkpoint(None, S.tasks, split, "zero-shot")
+            part = Vs.evaluate_checkpoint(None, S.tasks, split, PRE)
             for t in S.tasks:
                 part += Vs.evaluate_checkpoint(t, [t], split, "fine-tuned")
             part += Vs.evaluate_checkpoint(MULTITASK, S.tasks, split, "multitask")
@@ -71,11 +72,12 @@ if variants:
         wide[f"{v} [95% CI]"] = [f"{m:.1f} [{lo:.1f}, {hi:.1f}]" for m, lo, hi in
                                  zip(part.average, part.average_lo, part.average_hi)]
     wide[f"{names[1]} − {names[0]} [95% CI]"] = [f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}]" + ("" if sep else " (not separated)")
-                                                for d, lo, hi, sep in zip(diff.difference, diff.lo, diff.hi, diff.separated)]
+                                                for d, lo, hi, sep in zip(diff.difference, diff.lo, diff.hi, diff.separated)]  # separated: both intervals
     data = pd.concat([p[["method", "variant", "average", "average_lo", "average_hi"]] for p in parts]).merge(
         diff.rename(columns={"comparison": "method"})[["method", "difference", "lo", "hi"]], on="method", how="left")
     S.save_table(data, S.family.variants_name, "variants", params, markdown=tables.plain_markdown(wide),
                  caption=S.family.variants_caption(S) + f" Mean {split} accuracy (%) over the tasks and {len(S.seeds)} "
-                         f"seeds with 95 % intervals; the difference is paired (bootstrap over seeds and test examples). "
+                         f"seeds with 95 % intervals; the difference is paired (bootstrap over seeds and test examples; "
+                         f"'not separated' unless the seed-level t interval excludes 0 too). "
                          f"Every row at its Table 1 setting, chosen on validation with the study's own statistics.")
     print(wide.to_string(index=False))

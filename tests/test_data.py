@@ -52,7 +52,7 @@ def registry(tmp_path, monkeypatch):
     asset = assets.Asset("toy", "a toy corpus", (toy_source("1.0", primary), toy_source("0.9", fallback)))
     monkeypatch.setitem(assets.ASSETS, "toy", asset)
     expected = [tasks.Example(t, None, ("no", "yes").index(lab)) for t, lab in ROWS]
-    spec = TaskSpec("toy_task", "toy", ("no", "yes"), toy_reader, "toy", content_fingerprint(expected))
+    spec = TaskSpec("toy_task", "toy", ("no", "yes"), toy_reader, "toy", content_fingerprint(expected), 40)
     monkeypatch.setitem(TASKS, "toy_task", spec)
 
     def download(source, path):
@@ -335,7 +335,7 @@ def text_assets():
 def test_every_task_reads_its_pinned_content(text_assets, task):
     spec = TASKS[task]
     examples = spec.examples()  # raises if the content differs from the pinned fingerprint
-    assert len(examples) >= 2657 or task == "bbc_news"
+    assert len(examples) == spec.n_examples and (len(examples) >= 2657 or task == "bbc_news")
     assert {e.label for e in examples} == set(range(len(spec.labels)))
     data = load_task(task, 2000, 256, 400, seed=0)
     assert len(data.test) == 400 and len(data.val) == 256

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -42,11 +43,11 @@ def test_a_study_can_inherit_another(tmp_path, monkeypatch):
 
     quick = Study.load("quick")
     default = Study.load("default")
-    assert quick.seeds == [0] and default.seeds == [0, 1, 2]
+    assert quick.seeds == [0] and default.seeds == [0, 1, 2, 3, 4]
     assert quick.tasks == default.tasks and quick.config.n_val == default.config.n_val
     assert quick.figures_dir != default.figures_dir  # never over the committed figures
     assert params_file("quick", "merge_sweep") == paths.PARAMS / "quick" / "merge_sweep.yaml"
-    assert params_file("quick", "train-fever") == paths.PARAMS / "default" / "train-fever.yaml"
+    assert params_file("quick", "train-trec") == paths.PARAMS / "default" / "train-trec.yaml"
     frozen = Study.load("ab-frozen")  # the embeddings A/B
     assert frozen.settings.train_embeddings is False and default.settings.train_embeddings is True
     assert frozen.settings.max_len == default.settings.max_len == 64  # the section merges key by key
@@ -73,10 +74,10 @@ def test_a_misspelled_or_mistyped_parameter_stops_the_run(tmp_path):
 def test_study_yaml_is_strict(tmp_path, monkeypatch):
     monkeypatch.setattr(paths, "PARAMS", tmp_path)
     (tmp_path / "x").mkdir()
-    (tmp_path / "x" / "study.yaml").write_text("name: x\ntasks: [fever]\nstepz: 3\n")
+    (tmp_path / "x" / "study.yaml").write_text("name: x\ntasks: [trec]\nstepz: 3\n")
     with pytest.raises(TiesnbError, match="unknown parameter 'stepz'; valid names: name, tasks"):
         Study.load("x")
-    (tmp_path / "x" / "study.yaml").write_text("name: x\ntasks: [fever]\nautocast: off\n")  # YAML reads off as false
+    (tmp_path / "x" / "study.yaml").write_text("name: x\ntasks: [trec]\nautocast: off\n")  # YAML reads off as false
     with pytest.raises(TiesnbError, match="'autocast' must be str, got False"):
         Study.load("x")
     with pytest.raises(TiesnbError, match="no study 'y'"):
@@ -159,7 +160,7 @@ def test_every_figure_and_table_is_written_with_its_data(smoke_run):
 def test_tables_hold_the_expected_rows(smoke_run):
     t1 = pd.read_csv(smoke_run / "figures" / "table1.csv")
     methods = list(t1["method"])
-    for m in ["zero-shot", "fine-tuned", "multitask", "averaging", "task arithmetic", "TIES", "DARE", "Fisher", "RegMean"]:
+    for m in ["probe", "fine-tuned", "multitask", "averaging", "task arithmetic", "TIES", "DARE", "Fisher", "RegMean"]:
         assert m in methods, m
     assert any(m.startswith("TIES (k = 20%") for m in methods) and any("no validation" in m for m in methods)
     assert set(t1.columns) >= {"bbc_news", "rotten_tomatoes", "average", "average_lo", "average_hi", "paper T5-base"}
@@ -171,15 +172,34 @@ def test_tables_hold_the_expected_rows(smoke_run):
     assert list(comp["comparison"][:3]) == ["TIES − task arithmetic", "TIES − averaging", "TIES − RegMean"]
     assert comp["comparison"].str.startswith("TIES − best other method").any()
     assert ((comp["lo"] <= comp["difference"]) & (comp["difference"] <= comp["hi"])).all()
-    assert (comp["separated"] == ((comp["lo"] > 0) | (comp["hi"] < 0))).all()
+    # separated: the bootstrap and the seed-level t interval both exclude 0, on one side
+    both = ((comp["lo"] > 0) & (comp["t_lo"] > 0)) | ((comp["hi"] < 0) & (comp["t_hi"] < 0))
+    assert (comp["separated"] == both).all()
+    # the seed-level t interval, computed here from the per-seed differences (2 seeds: t(0.975, 1) = 12.706)
+    d = comp[["seed 0", "seed 1"]].to_numpy()
+    half = 12.7062047 * d.std(axis=1, ddof=1) / np.sqrt(2)
+    close = dict(rel=1e-4, abs=1e-3)  # the CSV keeps 6 significant digits
+    assert comp["t_lo"].to_numpy() == pytest.approx(d.mean(1) - half, **close)
+    assert comp["t_hi"].to_numpy() == pytest.approx(d.mean(1) + half, **close)
+    # where each difference comes from: the tasks' contributions add up to it; with two tasks, the
+    # difference without one task is the other task's own difference
+    contrib = pd.read_csv(smoke_run / "figures" / "contributions.csv")
+    assert len(contrib) == 2 * len(comp)
+    for name, part in contrib.groupby("comparison"):
+        total = comp.set_index("comparison").loc[name, "difference"]
+        assert part["contribution"].sum() == pytest.approx(total, **close)
+        assert part["without_task"].to_numpy() == pytest.approx(part["task_difference"].to_numpy()[::-1], **close)
+        assert comp.set_index("comparison").loc[name, "holds without any one task"] == bool(part["holds_without"].all())
     abl = pd.read_csv(smoke_run / "figures" / "ablations.csv")
-    assert list(abl["method"]) == ["TIES", "without trim", "without elect", "without disjoint mean",
-                                   "without scaling (λ = 1)", "TIES with the multitask model's signs (oracle)"]
-    assert {"average (val)", "vs TIES", "paper T5-base (val)"} <= set(abl.columns)
-    # the ablation's TIES is Table 1's tuned TIES
+    rows = ["TIES", "without trim", "without elect", "without disjoint mean", "without scaling (λ = 1)",
+            "TIES with the multitask model's signs (oracle)"]
+    assert list(abl["method"]) == rows * 2 and list(abl["base"].unique()) == ["tuned k", "k = 20%"]
+    assert {"average (val)", "vs TIES", "vs TIES t_lo", "paper T5-base (val)"} <= set(abl.columns)
+    # the ablation's first TIES is Table 1's tuned TIES; the second is TIES at k = 20 %
     assert abl.loc[0, "average"] == pytest.approx(t1.set_index("method").loc["TIES", "average"])
+    assert abl.loc[6, "setting"].startswith("k = 20%")
     ind = pd.read_csv(smoke_run / "figures" / "individual.csv")
-    assert list(ind["method"]) == ["zero-shot", "fine-tuned", "multitask"]
+    assert list(ind["method"]) == ["probe", "fine-tuned", "multitask"]
     sweep = pd.read_csv(smoke_run / "figures" / "merge_sweep.csv")
     assert len(sweep) == 1 + 2 + 2 + 1 + 1 + 1  # average, TA λ×2, TIES λ×2, DARE, Fisher, RegMean
     assert {"seed 0", "seed 1", "mean"} <= set(sweep.columns)

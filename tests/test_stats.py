@@ -153,3 +153,30 @@ def test_summary_and_comparison_tables():
     pred = tables.predictions(rows, "t")
     assert set(pred.columns) >= {"table", "label", "seed", "task", "predicted", "correct"}
     assert pred.loc[0, "correct"] == "1" * 10 + "0" * 10
+
+
+def test_seed_level_t_interval_by_hand():
+    from tiesnb.stats import Interval, separated, t_interval
+
+    iv = t_interval([1.0, 2.0, 3.0])  # mean 2, sd 1, t(0.975, 2) = 4.302653
+    assert iv.mean == 2.0 and iv.lo == pytest.approx(2 - 4.302653 / 3 ** 0.5) and iv.hi == pytest.approx(2 + 4.302653 / 3 ** 0.5)
+    one = t_interval([0.7])  # one seed: no interval, never separated
+    assert one.mean == 0.7 and not separated(one) and not separated(Interval(1, 0.5, 2), one)
+    assert separated(Interval(1, 0.5, 2), Interval(1, 0.1, 3)) and not separated(Interval(1, 0.5, 2), Interval(1, -0.1, 3))
+    assert separated(Interval(-1, -2, -0.5), Interval(-1, -3, -0.1)) and not separated(Interval(1, 0.5, 2), Interval(-1, -3, -0.1))
+
+
+def test_balanced_subsets_use_every_task_equally_often():
+    from collections import Counter
+
+    from tiesnb.analysis import balanced_subsets
+
+    tasks = [f"t{i}" for i in range(8)]
+    for size in range(2, 9):
+        subsets = balanced_subsets(tasks, size, rounds=1, seed=0)
+        assert len(subsets) == (8 if size < 8 else 1) and all(len(c) == size and len(set(c)) == size for c in subsets)
+        counts = Counter(t for c in subsets for t in c)
+        assert set(counts) == set(tasks) and len(set(counts.values())) == 1, (size, counts)
+        assert balanced_subsets(tasks, size, rounds=1, seed=0) == subsets  # seeded
+    two = balanced_subsets(tasks, 3, rounds=2, seed=0)
+    assert len(set(Counter(t for c in two for t in c).values())) == 1

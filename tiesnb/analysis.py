@@ -49,6 +49,26 @@ def subsets(items: Sequence[str], size: int, limit: int, seed: int = 0) -> list[
     return sorted(random.Random(f"{seed}:{size}").sample(combos, limit))
 
 
+def balanced_subsets(items: Sequence[str], size: int, rounds: int = 1, seed: int = 0) -> list[tuple[str, ...]]:
+    """Subsets of ``size`` in which every item appears equally often: per round, the ``n`` windows
+    of ``size`` consecutive items (wrapping around) of a seeded order of the items — each item in
+    ``size`` of them. A subset drawn twice is kept twice (it keeps the design balanced; its
+    evaluation is cached), except the one subset of all n items; items keep their given order
+    inside a subset."""
+    n = len(items)
+    if not 1 <= size <= n:
+        raise ValueError(f"subset size {size} outside 1..{n}")
+    rng = random.Random(f"{seed}:{size}")
+    out: list[tuple[str, ...]] = []
+    for _ in range(rounds):
+        order = list(items)
+        rng.shuffle(order)
+        for i in range(n):
+            window = {order[(i + j) % n] for j in range(size)}
+            out.append(tuple(x for x in items if x in window))
+    return out[:1] if size == n else out
+
+
 def sign_conflicts(flat_trimmed: Mapping[str, torch.Tensor], sizes: Sequence[int], limit: int = 20,
                    seed: int = 0) -> pd.DataFrame:
     """For subsets of models of each size: the fraction of parameters on which their trimmed task

@@ -187,6 +187,20 @@ def cmd_data(args) -> int:
     return 0
 
 
+def cmd_findings(args) -> int:
+    from .findings import render, write
+
+    if args.check:
+        readme = Path(args.readme)
+        if render(readme.read_text()) != readme.read_text():
+            print(f"{readme}: its findings differ from the CSVs; run `tiesnb findings` to regenerate them", file=sys.stderr)
+            return 1
+        print(f"{readme}: every findings block equals what the CSVs give")
+        return 0
+    print(f"findings regenerated from the CSVs in {write(Path(args.readme))}")
+    return 0
+
+
 def cmd_train(args) -> int:
     from .study import Study
 
@@ -220,6 +234,10 @@ def main(argv=None) -> int:
     p.add_argument("--study", help="fetch, check, export: what this study reads (default: the default study; check: every asset)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_data)
+    p = sub.add_parser("findings", help="regenerate the README's result tables and numbers from figures/*.csv")
+    p.add_argument("--readme", default=str(Path(__file__).resolve().parent.parent / "README.md"))
+    p.add_argument("--check", action="store_true", help="only say whether the README equals what the CSVs give")
+    p.set_defaults(func=cmd_findings)
     p = sub.add_parser("train", help="train one model of a study without the notebook (e.g. under `accelerate launch`)")
     p.add_argument("task", help="a task of the study, or multitask")
     p.add_argument("--study", default="default")

@@ -1,7 +1,7 @@
 """Running the study's notebooks headlessly: parameters checked, then papermill.
 
     tiesnb run merge_sweep --study default              # params/default/merge_sweep.yaml
-    tiesnb run train --study default --params params/default/train-fever.yaml
+    tiesnb run train --study default --params params/default/train-trec.yaml
 
 A notebook is a jupytext percent-format ``notebooks/<name>.py`` with exactly one cell tagged
 ``parameters`` of typed, literal assignments (``lam: float = 1.0  # λ``). Before it runs, its
@@ -36,7 +36,7 @@ OUTPUTS = {
     "probe": [],
     "train": [],
     "evaluate": ["individual", "gains", "cross_task"],
-    "merge_sweep": ["table1", "merge_sweep", "comparisons", "sensitivity"],
+    "merge_sweep": ["table1", "merge_sweep", "comparisons", "contributions", "sensitivity"],
     "interference": ["redundancy", "sign_conflicts", "magnitudes"],
     "ablations": ["ablations"],
     "num_tasks": ["num_tasks"],
@@ -46,7 +46,7 @@ OUTPUTS = {
 FAMILY_OUTPUTS = {"batchnorm": "variants"}
 
 # the outputs that are tables (CSV + Markdown); the others are figures (PNG + PDF + CSV)
-TABLES = {"individual", "gains", "table1", "merge_sweep", "comparisons", "ablations", "batchnorm"}
+TABLES = {"individual", "gains", "table1", "merge_sweep", "comparisons", "contributions", "ablations", "batchnorm"}
 
 _TYPES = {"str": str, "int": int, "float": float, "bool": bool, "list": list, "dict": dict, "None": type(None)}
 

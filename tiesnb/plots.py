@@ -11,6 +11,7 @@ METHOD_COLORS = {
     "average": PALETTE[7], "task arithmetic": PALETTE[0], "TIES": PALETTE[3], "Fisher": PALETTE[4],
     "RegMean": PALETTE[2], "DARE": PALETTE[1], "multitask": PALETTE[5], "fine-tuned": PALETTE[9],
     "zero-shot": PALETTE[8],
+    "probe": PALETTE[8],
 }
 WIDTH = 3.4  # inches: one column of a two-column paper
 
@@ -53,3 +54,16 @@ def legend_below(ax, ncol: int = 3, **kw) -> None:
     handles, labels = ax.get_legend_handles_labels()
     if handles:
         ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=ncol, frameon=False, **kw)
+
+
+def log_ticks(ax, values, max_labels: int = 6) -> None:
+    """Ticks of a log axis at (a thinned subset of) the grid's own values, plainly labelled: no
+    overprinted minor labels."""
+    import matplotlib.ticker as mticker
+
+    values = sorted(set(values))
+    step = max(1, -(-len(values) // max_labels))
+    shown = values[::step] if values[-1] in values[::step] else values[::step] + [values[-1]]
+    ax.xaxis.set_major_locator(mticker.FixedLocator(shown))
+    ax.xaxis.set_major_formatter(mticker.FixedFormatter([f"{v:g}" for v in shown]))
+    ax.xaxis.set_minor_locator(mticker.NullLocator())

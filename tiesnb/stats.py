@@ -12,9 +12,11 @@ examples for both: a paired bootstrap), so what the methods share cancels. Inter
 2.5 and 97.5 percentiles of 10,000 draws, from a fixed generator: the same inputs give the same
 interval, bit for bit.
 
-With three seeds the seed part of the resampling is coarse (it can only produce ten different
-seed multisets); the example part is what makes the distribution smooth. Both are kept because
-dropping either would understate how much a rerun can move a number.
+The crossed bootstrap alone can overstate how sure we are when there are few seeds: with five
+seeds its seed part can only produce 126 seed multisets, and the example part smooths over how
+far apart the seeds really are. So every difference also gets a **seed-level paired t
+interval**: the per-seed differences of the averages, their mean ± t(0.975, S − 1) × sd / √S.
+A difference is *separated* only when both intervals exclude 0 (:func:`separated`).
 """
 
 from __future__ import annotations
@@ -75,6 +77,26 @@ def _as_matrices(per_task: Sequence[np.ndarray]) -> list[np.ndarray]:
     if len(seeds) != 1:
         raise TiesnbError(f"every task needs the same seeds; got {sorted(seeds)} seeds across tasks")
     return mats
+
+
+def t_interval(values: Sequence[float], level: float = LEVEL) -> Interval:
+    """The mean of per-seed values with its Student t interval (S − 1 degrees of freedom); with
+    one value the interval is undefined (NaN bounds, never separated)."""
+    x = np.asarray(values, dtype=np.float64)
+    if x.ndim != 1 or x.size == 0 or not np.isfinite(x).all():
+        raise TiesnbError(f"a t interval needs finite per-seed values, got {values!r}")
+    mean = float(x.mean())
+    if x.size < 2:
+        return Interval(mean, float("nan"), float("nan"))
+    from scipy.stats import t
+
+    half = float(t.ppf(1 - (1 - level) / 2, x.size - 1) * x.std(ddof=1) / np.sqrt(x.size))
+    return Interval(mean, mean - half, mean + half)
+
+
+def separated(*intervals: Interval) -> bool:
+    """Whether every interval excludes 0, on the same side (a NaN bound never separates)."""
+    return all(i.lo > 0 for i in intervals) or all(i.hi < 0 for i in intervals)
 
 
 def crossed_bootstrap(per_task: Sequence[np.ndarray], draws: int = DRAWS, level: float = LEVEL,

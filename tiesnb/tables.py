@@ -2,7 +2,8 @@
 
 Evaluation rows (one per method, seed and task, each with its per-example ``correct`` scores)
 become tables of the mean over seeds per task, and the average over tasks with its 95 % interval
-(:mod:`tiesnb.stats`); comparisons become paired differences with their interval and a verdict.
+(:mod:`tiesnb.stats`); comparisons become paired differences with two intervals (crossed bootstrap,
+seed-level t) and a verdict, and where a difference comes from, task by task.
 Numbers are percentages. The CSV keeps every number in its own column; the Markdown shows
 ``mean [lo, hi]``.
 """
@@ -47,23 +48,66 @@ def summary(rows: pd.DataFrame, labels: Sequence[str], tasks: Sequence[str], see
     return pd.DataFrame(out)
 
 
+def _difference(ra: pd.DataFrame, rb: pd.DataFrame, tasks: Sequence[str], seeds: Sequence[int]):
+    """The paired difference a − b over ``tasks`` (points): its crossed-bootstrap interval, its
+    seed-level t interval, and the per-seed differences."""
+    boot = stats.difference(ra, rb, tasks, seeds).scaled(100)
+    sa = ra[ra.task.isin(tasks)].groupby("seed")["accuracy"].mean()
+    sb = rb[rb.task.isin(tasks)].groupby("seed")["accuracy"].mean()
+    per_seed = [(sa.get(s, np.nan) - sb.get(s, np.nan)) * 100 for s in seeds]
+    return boot, stats.t_interval(per_seed), per_seed
+
+
+def verdict(name: str, boot: stats.Interval, seed_t: stats.Interval) -> str:
+    """"TIES ahead" / "TIES behind" when both intervals exclude 0 on one side; else why not."""
+    first = name.split(" − ")[0]  # "TIES − averaging": the verdict speaks of TIES
+    if stats.separated(boot, seed_t):
+        return f"{first} {boot.verdict()}"
+    return "not separated (seed level)" if boot.separated else "not separated"
+
+
 def compare(rows: pd.DataFrame, pairs: Sequence[tuple[str, str, str]], tasks: Sequence[str],
             seeds: Sequence[int], column: str = "method") -> pd.DataFrame:
-    """Paired differences ``a − b`` of the average accuracy (points), for ``(name, a, b)`` triples,
-    with the interval and whether it excludes 0; per seed too."""
+    """Paired differences ``a − b`` of the average accuracy (points), for ``(name, a, b)`` triples:
+    the crossed-bootstrap interval (``lo``, ``hi``), the seed-level paired t interval (``t_lo``,
+    ``t_hi``), whether both exclude 0 (``separated``), and the difference per seed."""
+    out = []
+    for name, a, b in pairs:
+        boot, seed_t, per_seed = _difference(_select(rows, a, column), _select(rows, b, column), tasks, seeds)
+        row = {"comparison": name, "a": a, "b": b, "difference": boot.mean, "lo": boot.lo, "hi": boot.hi,
+               "t_lo": seed_t.lo, "t_hi": seed_t.hi, "separated": stats.separated(boot, seed_t),
+               "verdict": verdict(name, boot, seed_t)}
+        row.update({f"seed {s}": d for s, d in zip(seeds, per_seed)})
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def contributions(rows: pd.DataFrame, pairs: Sequence[tuple[str, str, str]], tasks: Sequence[str],
+                  seeds: Sequence[int], column: str = "method") -> pd.DataFrame:
+    """Where each difference comes from: for every ``(name, a, b)``, one row per task with its
+    contribution to the average difference (its own difference / number of tasks, points), its
+    share of the whole (%), and the difference over the other tasks — the task left out — with
+    both intervals and whether it is still separated, on the same side as with every task."""
     out = []
     for name, a, b in pairs:
         ra, rb = _select(rows, a, column), _select(rows, b, column)
-        iv = stats.difference(ra, rb, tasks, seeds).scaled(100)
-        sa = ra.groupby("seed")["accuracy"].mean()
-        sb = rb.groupby("seed")["accuracy"].mean()
-        first = name.split(" − ")[0]  # "TIES − averaging": the verdict speaks of TIES
-        row = {"comparison": name, "a": a, "b": b, "difference": iv.mean, "lo": iv.lo, "hi": iv.hi,
-               "separated": iv.separated, "verdict": f"{first} {iv.verdict()}" if iv.separated else "not separated"}
-        for s in seeds:
-            row[f"seed {s}"] = (sa.get(s, np.nan) - sb.get(s, np.nan)) * 100
-        out.append(row)
+        whole, whole_t, _ = _difference(ra, rb, tasks, seeds)
+        for task in tasks:
+            own = (ra[ra.task == task]["accuracy"].mean() - rb[rb.task == task]["accuracy"].mean()) * 100
+            rest = [t for t in tasks if t != task]
+            boot, seed_t, _ = _difference(ra, rb, rest, seeds)
+            same_side = stats.separated(boot, seed_t) and np.sign(boot.mean) == np.sign(whole.mean)
+            out.append({"comparison": name, "task": task, "task_difference": own, "contribution": own / len(tasks),
+                        "share": 100 * own / len(tasks) / whole.mean if whole.mean else np.nan,
+                        "without_task": boot.mean, "lo": boot.lo, "hi": boot.hi, "t_lo": seed_t.lo, "t_hi": seed_t.hi,
+                        "separated_without": stats.separated(boot, seed_t),
+                        "holds_without": bool(same_side and stats.separated(whole, whole_t))})
     return pd.DataFrame(out)
+
+
+def leave_one_out(contrib: pd.DataFrame) -> pd.Series:
+    """Per comparison: whether it stays separated, on its side, with any one task left out."""
+    return contrib.groupby("comparison", sort=False)["holds_without"].all()
 
 
 def markdown(df: pd.DataFrame, digits: int = 1) -> str:
@@ -77,13 +121,21 @@ def markdown(df: pd.DataFrame, digits: int = 1) -> str:
                                            for m, lo, hi in zip(df.average, df.average_lo, df.average_hi)])
         df.insert(at + 1, "seeds (min–max)", [f"{f.format(a)}–{f.format(b)}" for a, b in zip(df.seed_min, df.seed_max)])
         df = df.drop(columns=["average", "average_lo", "average_hi", "seed_min", "seed_max"])
-    if {"difference", "lo", "hi"} <= set(df.columns):
-        g = f"{{:+.{digits}f}}"
-        at = list(df.columns).index("difference")
-        df.insert(at, "difference [95% CI]", [f"{g.format(m)} [{g.format(lo)}, {g.format(hi)}]"
-                                              for m, lo, hi in zip(df.difference, df.lo, df.hi)])
-        df = df.drop(columns=["difference", "lo", "hi", "separated"])
+    g = f"{{:+.{digits}f}}"
+    for mean, title in (("difference", "difference [95% CI]"), ("without_task", "without the task [95% CI]")):
+        if {mean, "lo", "hi"} <= set(df.columns):
+            at = list(df.columns).index(mean)
+            df.insert(at, title, [f"{g.format(m)} [{g.format(lo)}, {g.format(hi)}]"
+                                  for m, lo, hi in zip(df[mean], df.lo, df.hi)])
+            if {"t_lo", "t_hi"} <= set(df.columns):
+                df.insert(at + 1, "seed-level t [95% CI]", [_t_text(lo, hi, g) for lo, hi in zip(df.t_lo, df.t_hi)])
+                df = df.drop(columns=["t_lo", "t_hi"])
+            df = df.drop(columns=[c for c in (mean, "lo", "hi", "separated") if c in df.columns])
     return plain_markdown(df, digits)
+
+
+def _t_text(lo: float, hi: float, g: str) -> str:
+    return "" if np.isnan(lo) else f"[{g.format(lo)}, {g.format(hi)}]"
 
 
 def plain_markdown(df: pd.DataFrame, digits: int = 1) -> str:

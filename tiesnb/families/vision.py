@@ -265,6 +265,7 @@ class EfficientNetLite(Family):
     Settings = VisionSettings
     cache_data = False  # the image reader keeps its own cache; the splits are cheap to draw
     assets = ("efficientnet",)
+    pretrained_label = "probe"
 
     def task_asset(self, task: str) -> str | None:
         from ..data.images import IMAGE_TASKS
