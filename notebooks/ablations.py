@@ -62,7 +62,9 @@ if not choices_file.exists():
 recorded = json.loads(choices_file.read_text())
 choices = recorded["choices"]
 # the variants' λ is chosen as merge_sweep chose TIES's: per seed, or once on the mean over seeds
+# (over merge_sweep's select_seeds, when it chose on the first few seeds only)
 per_seed = bool(recorded["parameters"].get("choose_per_seed", True))
+select = S.seeds[:recorded["parameters"].get("select_seeds", 0)] or S.seeds
 n = len(S.tasks)
 
 # %% [markdown]
@@ -85,13 +87,15 @@ variants = {  # name: (fixed switches, λ grid from the base's λ, or None for �
     "without scaling (λ = 1)": ({}, None),
     ORACLE: ({"signs": MULTITASK}, lambda lam: scaled(relative_lams, lam)),
 }
-groups = [[s] for s in S.seeds] if per_seed else [list(S.seeds)]
+groups = [[s] for s in S.seeds] if per_seed else [list(select)]
 tuned = {s: choices[str(s)][TIES]["params"] for s in S.seeds}  # k, λ, preset
 base_edges = {(BASES[0], s): choices[str(s)][TIES]["edge"] for s in S.seeds}
 # the second base: TIES at paper_k, its λ chosen on validation over merge_sweep's λ grid (cached)
 sweep_lams = recorded["parameters"]["ties_lams"]
 paper_rows = {s: [] for s in S.seeds}
 for Ss in S.each_seed():
+    if Ss.seed not in select:
+        continue
     for lam in sweep_lams:
         paper_rows[Ss.seed] += Ss.evaluate_merge("ties", select_split, label=BASES[1], k=paper_k, lam=lam,
                                                  preset=tuned[Ss.seed]["preset"])
@@ -99,7 +103,7 @@ base = {(BASES[0], s): tuned[s] for s in S.seeds}
 for group in groups:
     chosen, edges = analysis.choose(pd.DataFrame(sum((paper_rows[s] for s in group), [])), {"lam": sweep_lams},
                                     BASES[1], group[0] if per_seed else None)
-    for s in group:
+    for s in (group if per_seed else S.seeds):
         base[(BASES[1], s)] = {"k": paper_k, "lam": chosen["lam"], "preset": tuned[s]["preset"]}
         base_edges[(BASES[1], s)] = edges
 
@@ -110,6 +114,8 @@ def switches_of(b, name, seed):
 
 rows, lam_choice, sweeps = [], {}, {}
 for Ss in S.each_seed():  # the validation sweeps
+    if Ss.seed not in select:
+        continue
     for b in BASES:
         for name, (switches, grid_of) in progress.bar(variants.items(), desc=f"ablations at {b} on {select_split} (seed {Ss.seed})"):
             if grid_of is not None and not (b != BASES[0] and name == "without trim"):  # k = 100 %: one sweep
@@ -130,14 +136,15 @@ for b in BASES:
                 chosen, edges = analysis.choose(val, {"lam": grid_of(base[(b, group[0])]["lam"])}, name,
                                                 group[0] if per_seed else None)
                 lam = chosen["lam"]
-            lam_choice.update({(b, name, s): (lam, edges) for s in group})
+            lam_choice.update({(b, name, s): (lam, edges) for s in (group if per_seed else S.seeds)})
 for Ss in S.each_seed():  # test and validation at the chosen settings
     for b in BASES:
         lam_choice[(b, TIES, Ss.seed)] = (base[(b, Ss.seed)]["lam"], base_edges[(b, Ss.seed)])
-        for split in (report_split, select_split):
+        splits = (report_split, select_split) if Ss.seed in select else (report_split,)
+        for split in splits:
             rows += [dict(r, base=b) for r in Ss.evaluate_merge("ties", split, label=TIES, **base[(b, Ss.seed)])]
         for name in progress.bar(variants, desc=f"ablations at {b} on {report_split} (seed {Ss.seed})"):
-            for split in (report_split, select_split):
+            for split in splits:
                 rows += [dict(r, base=b) for r in Ss.evaluate_merge("ties", split, label=name,
                                                                    lam=lam_choice[(b, name, Ss.seed)][0],
                                                                    **switches_of(b, name, Ss.seed))]
@@ -164,7 +171,7 @@ for b in BASES:
     val_part = part[part.split == select_split]
     table = tables.summary(test_part, order, S.tasks, S.seeds, settings={m: chosen_text(b, m) for m in order})
     table.insert(0, "base", b)
-    valsum = tables.summary(val_part, order, S.tasks, S.seeds)
+    valsum = tables.summary(val_part, order, S.tasks, select)
     table[f"average ({select_split})"] = valsum["average"].values
     diff = tables.compare(test_part, [(m, m, TIES) for m in order[1:]], S.tasks, S.seeds)
     for col in ("difference", "lo", "hi", "t_lo", "t_hi"):

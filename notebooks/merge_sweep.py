@@ -47,18 +47,23 @@ default_ties_k: float = 0.2  # paper default without validation
 default_ties_lam: float = 1.0  # paper default without validation
 ties_preset: str = "paper"  # TIES switches: paper | original | fusionbench | mergekit | peft (see the README)
 choose_per_seed: bool = False  # False: one setting per method, best on the validation mean over every seed; True: each seed its own
+select_seeds: int = 0  # choose on the validation of the first n training seeds only (0: every seed); Table 1 reports every seed
 
 # %%
 import pandas as pd
 
 from tiesnb import analysis, paper, plots, progress, stats, tables
+from tiesnb.errors import TiesnbError
 from tiesnb.io import write_json
 from tiesnb.study import MULTITASK, Study
 
 S = Study.load(study)
 params = {k: globals()[k] for k in ["study", "select_split", "report_split", "ta_lams", "ties_ks", "ties_lams", "dare_ks",
                                     "dare_lams", "dare_seed", "regmean_alphas", "default_ta_lam", "default_ties_k",
-                                    "default_ties_lam", "ties_preset", "choose_per_seed"]}
+                                    "default_ties_lam", "ties_preset", "choose_per_seed", "select_seeds"]}
+if select_seeds and choose_per_seed:
+    raise TiesnbError("select_seeds chooses one setting for every seed: it needs choose_per_seed: false")
+select = S.seeds[:select_seeds] if select_seeds else S.seeds  # the seeds whose validation chooses
 full = S.config.mode == "full"  # Fisher and RegMean need the full encoder's statistics
 PRE = S.family.pretrained_label  # the pretrained encoder's row: "probe" (heads fitted on the task) or "zero-shot"
 grids = {"task_arithmetic": {"lam": ta_lams}, "ties": {"k": ties_ks, "lam": ties_lams},
@@ -82,6 +87,8 @@ NO_VAL_TIES = f"TIES (k = {default_ties_k:.0%}, λ = {default_ties_lam:g}, no va
 # %%
 sweep_rows, test_rows, val_rows, choices = [], [], [], {}
 for Ss in S.each_seed():
+    if Ss.seed not in select:
+        continue
     for method, hp in progress.bar(grid, desc=f"validation sweep (seed {Ss.seed})"):
         sweep_rows += Ss.evaluate_merge(method, select_split, **hp)
 sweep_all = pd.DataFrame(sweep_rows)
@@ -112,7 +119,8 @@ for Ss in S.each_seed():
     test += Ss.evaluate_checkpoint(MULTITASK, S.tasks, report_split, "multitask")
     for method, label, hp, _ in progress.bar(picks, desc=f"chosen settings on {report_split} (seed {Ss.seed})"):
         test += Ss.evaluate_merge(method, report_split, label=label, **hp)
-        val_rows += Ss.evaluate_merge(method, select_split, label=label, **hp)
+        if Ss.seed in select:
+            val_rows += Ss.evaluate_merge(method, select_split, label=label, **hp)
     test_rows += test
 write_json(S.results_path("choices.json"), {"parameters": params, "choices": {str(s): c for s, c in choices.items()}})
 sweep = pd.DataFrame(sweep_rows)
@@ -132,7 +140,7 @@ wide["mean"] = wide.mean(axis=1)
 # each setting's interval (seeds and validation examples resampled; 2,000 draws: a sweep has many rows)
 intervals = []
 for key, part in sweep.groupby(["method", *knobs], dropna=False, sort=False):
-    iv = stats.accuracy(part, S.tasks, S.seeds, draws=2000).scaled(100)
+    iv = stats.accuracy(part, S.tasks, select, draws=2000).scaled(100)
     intervals.append((iv.lo, iv.hi))
 wide["lo"], wide["hi"] = zip(*intervals)
 wide = wide.reset_index()

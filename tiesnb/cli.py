@@ -188,8 +188,10 @@ def cmd_data(args) -> int:
 
 
 def cmd_findings(args) -> int:
+    from . import paths
     from .findings import render, write
 
+    args.readme = args.readme or str(paths.ROOT / "README.md")
     if args.check:
         readme = Path(args.readme)
         if render(readme.read_text()) != readme.read_text():
@@ -235,7 +237,7 @@ def main(argv=None) -> int:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_data)
     p = sub.add_parser("findings", help="regenerate the README's result tables and numbers from figures/*.csv")
-    p.add_argument("--readme", default=str(Path(__file__).resolve().parent.parent / "README.md"))
+    p.add_argument("--readme", default=None, help="default: the repository's README.md")
     p.add_argument("--check", action="store_true", help="only say whether the README equals what the CSVs give")
     p.set_defaults(func=cmd_findings)
     p = sub.add_parser("train", help="train one model of a study without the notebook (e.g. under `accelerate launch`)")

@@ -7,8 +7,10 @@ Every table and every number of the README's result sections is rendered here fr
     ...generated...
     <!-- /findings -->
 
-``tiesnb findings`` rewrites the blocks in place (``make study`` runs it after the default and the
-vision study); a test renders them again from the committed CSVs and fails if the README differs.
+``<study>`` is ``default``, ``vision`` (``figures/`` and ``figures/vision/``) or ``all`` (the
+``claims`` block: the paper's claims, study beside study). ``tiesnb findings`` rewrites the
+blocks in place (``make study`` runs it after the default and the vision study); a test renders
+them again from the committed CSVs and fails if the README differs.
 Prose around the blocks may explain, but carries no number of its own.
 """
 
@@ -115,6 +117,28 @@ class Findings:
         return _md(rows, ["task", pre, "fine-tuned", "gain [95 % CI, bootstrap]", "seed-level t",
                           "lowest / highest seed", "verdict"], "lrrrrrl")
 
+    def tasks(self) -> str:
+        """The data table: each task's source (and fallbacks), license, size, and what fine-tuning gains."""
+        from .data.assets import ASSETS
+        from .data.tasks import TASKS
+
+        ind = self.csv("individual").set_index("method")
+        gains = self.csv("gains").set_index("task")
+        pre = ind.index[0]
+        rows = []
+        for task in [c for c in ind.columns if c in TASKS]:
+            spec, asset = TASKS[task], ASSETS[TASKS[task].asset]
+            first, *rest = asset.sources
+            source = f"{first.registry}: `{first.package}` {first.version}" + (
+                "; fallback " + ", ".join(f"`{s.package}` {s.version}" for s in rest) if rest else "; no same-content fallback")
+            g = gains.loc[task]
+            per_seed = [g[s] for s in self.seeds if s in g]
+            rows.append([task, spec.kind, source, first.license, f"{spec.n_examples:,}", str(len(spec.labels)),
+                         _num(ind.loc[pre, task]), _num(ind.loc["fine-tuned", task]),
+                         f"{_ci(g.difference, g.lo, g.hi, sign=True)}; t {_t(g)}", _num(min(per_seed), sign=True)])
+        return _md(rows, ["task", "kind", "source", "license (as the package states it)", "examples", "classes", pre,
+                          "fine-tuned", "gain [95 % CI]; seed-level t", "lowest seed's gain"], "lllllrrrrr")
+
     def contributions(self) -> str:
         c = self.csv("contributions")
         rows = []
@@ -129,31 +153,114 @@ class Findings:
                           "holds without any one task"], "llll")
 
 
-def _tasks(self) -> str:
-    """The data table: each task's source (and fallbacks), license, size, and what fine-tuning gains."""
-    from .data.assets import ASSETS
-    from .data.tasks import TASKS
+# the paper's claims: (claim, table, row, the sign the paper reports: +1 the difference is positive)
+CLAIMS = [
+    ("TIES beats task arithmetic", "comparisons", "TIES − task arithmetic", +1),
+    ("TIES beats averaging", "comparisons", "TIES − averaging", +1),
+    ("TIES beats task arithmetic without validation", "comparisons", "TIES − task arithmetic, no validation", +1),
+    ("TIES beats RegMean", "comparisons", "TIES − RegMean", +1),
+    ("task arithmetic beats averaging", "comparisons", "task arithmetic − averaging", +1),
+    ("the multitask model is above TIES", "comparisons", "TIES − multitask", -1),
+    ("trimming matters (ablation)", "ablations", "without trim", -1),
+    ("the sign election matters (ablation)", "ablations", "without elect", -1),
+    ("the disjoint mean matters (ablation)", "ablations", "without disjoint mean", -1),
+    ("scaling matters (ablation)", "ablations", "without scaling (λ = 1)", -1),
+    ("a better sign helps (oracle)", "ablations", "TIES with the multitask model's signs (oracle)", +1),
+]
 
-    ind = self.csv("individual").set_index("method")
-    gains = self.csv("gains").set_index("task")
-    pre = ind.index[0]
-    rows = []
-    for task in [c for c in ind.columns if c in TASKS]:
-        spec, asset = TASKS[task], ASSETS[TASKS[task].asset]
-        first, *rest = asset.sources
-        source = f"{first.registry}: `{first.package}` {first.version}" + (
-            "; fallback " + ", ".join(f"`{s.package}` {s.version}" for s in rest) if rest else "; no same-content fallback")
-        g = gains.loc[task]
-        per_seed = [g[s] for s in self.seeds if s in g]
-        rows.append([task, spec.kind, source, first.license, f"{spec.n_examples:,}", str(len(spec.labels)),
-                     _num(ind.loc[pre, task]), _num(ind.loc["fine-tuned", task]),
-                     f"{_ci(g.difference, g.lo, g.hi, sign=True)}; t {_t(g)}", _num(min(per_seed), sign=True)])
-    return _md(rows, ["task", "kind", "source", "license (as the package states it)", "examples", "classes", pre,
-                      "fine-tuned", "gain [95 % CI]; seed-level t", "lowest seed's gain"], "lllllrrrrr")
+
+def claim_cell(diff, lo, hi, t_lo, t_hi, expected: int, holds=None, why_no_t: str = "one seed") -> str:
+    """``yes: +5.1 [+2.4, +8.5]`` when both intervals exclude 0 on the paper's side, ``no:`` on
+    the other side, ``not separated:`` otherwise; ``(not without every task)`` when it does not
+    survive leaving one task out."""
+    boot_sep = lo > 0 or hi < 0
+    t_sep = not pd.isna(t_lo) and (t_lo > 0 or t_hi < 0)
+    same = (lo > 0 and (pd.isna(t_lo) or t_lo > 0)) or (hi < 0 and (pd.isna(t_hi) or t_hi < 0))
+    if boot_sep and t_sep and same:
+        word = "yes" if np.sign(diff) == expected else "no, the reverse"
+    elif boot_sep and pd.isna(t_lo):
+        word = ("yes" if np.sign(diff) == expected else "no, the reverse") + f" ({why_no_t})"
+    else:
+        word = "not separated"
+    text = f"{word}: {_ci(diff, lo, hi, sign=True)}"
+    if holds is False and word.startswith(("yes", "no")):
+        text += ", not with every task left out"
+    return text
+
+
+def _claims_of(f: "Findings") -> dict[str, str]:
+    comp = f.csv("comparisons").set_index("comparison")
+    abl = f.csv("ablations")
+    why = "one seed" if "t_lo" in comp.columns else "bootstrap only: made before the seed-level test"
+    bases = list(abl["base"].unique()) if "base" in abl else [None]
+    out = {}
+    for claim, table, row, sign in CLAIMS:
+        if table == "comparisons":
+            if row not in comp.index:
+                continue
+            r = comp.loc[row]
+            holds = r.get("holds without any one task")
+            out[claim] = claim_cell(r.difference, r.lo, r.hi, r.get("t_lo", np.nan), r.get("t_hi", np.nan), sign,
+                                    None if pd.isna(holds) else bool(holds), why)
+        else:
+            cells = []
+            for b in bases:
+                part = abl if b is None else abl[abl.base == b]
+                r = part[part.method == row]
+                if r.empty:
+                    continue
+                r = r.iloc[0]
+                cell = claim_cell(r["vs TIES"], r["vs TIES lo"], r["vs TIES hi"], r.get("vs TIES t_lo", np.nan),
+                                  r.get("vs TIES t_hi", np.nan), sign, why_no_t=why)
+                cells.append(cell if b is None else f"{b}: {cell}")
+            out[claim] = "<br>".join(cells)
+    return out
+
+
+def _figure_claims(f: "Findings") -> dict[str, str]:
+    """The claims read off the figures' data: more tasks, redundancy, sign conflicts (means over
+    seeds, with the range over seeds)."""
+    out = {}
+    nt = f.csv("num_tasks")
+    top = nt[nt.n_models == nt.n_models.max()].groupby(["method", "seed"])["normalized"].mean().unstack("seed")
+    best = top.mean(1).idxmax()
+    ties = top.loc["TIES"]
+    others = ", ".join(f"{m} {_num(top.loc[m].mean())}" for m in top.index if m != "TIES")
+    out["TIES degrades least with more tasks (paper defaults)"] = (
+        f"{'yes' if best == 'TIES' else f'no: {best} does'}: TIES keeps {_num(ties.mean())} % "
+        f"(seeds {_num(ties.min())}–{_num(ties.max())}) at {nt.n_models.max()} tasks; {others}")
+    red = f.csv("redundancy")
+    per_seed = red.groupby(["k", "seed"])["accuracy"].mean().unstack("seed")
+    if 20 in per_seed.index and 100 in per_seed.index:
+        k20, full = per_seed.loc[20], per_seed.loc[100]
+        gap = (k20 - full)
+        probe = f" (k = 0: {_num(per_seed.loc[0].mean())})" if 0 in per_seed.index else ""
+        out["task vectors are redundant (top 20 % keeps the gain)"] = (
+            f"top 20 % {_num(k20.mean())} of {_num(full.mean())}{probe}; per seed {_num(gap.min(), sign=True)} to "
+            f"{_num(gap.max(), sign=True)}")
+    sc = f.csv("sign_conflicts")
+    col = "% of parameters some model keeps"
+    by = sc.groupby(["n_models", "seed"])[col].mean().unstack("seed")
+    lo, hi = by.loc[by.index.min()], by.loc[by.index.max()]
+    out["sign conflicts grow with the number of models"] = (
+        f"{'yes' if hi.min() > lo.max() else 'not on every seed'}: {_num(lo.mean(), 0)} % → {_num(hi.mean(), 0)} % of the "
+        f"kept entries ({by.index.min()} → {by.index.max()} models)")
+    return out
+
+
+FIGURE_CLAIMS = ["TIES degrades least with more tasks (paper defaults)",
+                 "task vectors are redundant (top 20 % keeps the gain)", "sign conflicts grow with the number of models"]
+
+
+def claims_table(studies: dict[str, "Findings"]) -> str:
+    per = {name: {**_claims_of(f), **_figure_claims(f)} for name, f in studies.items()}
+    rows = [[claim] + [per[name].get(claim, "") for name in studies] for claim in [c for c, *_ in CLAIMS] + FIGURE_CLAIMS]
+    return _md(rows, ["the paper's claim"] + list(studies), "l" + "l" * len(studies))
 
 
 BLOCKS: dict[str, Callable[[Findings], str]] = {
-    "tasks": _tasks,
+    "claims": lambda f: claims_table({"text (MiniLM)": f}),
+    "tasks": Findings.tasks,
     "table1": Findings.table1, "comparisons": Findings.comparisons, "ablations": Findings.ablations,
     "gains": Findings.gains, "contributions": Findings.contributions}
 
@@ -168,6 +275,10 @@ def render(text: str) -> str:
 
     def fill(m: re.Match) -> str:
         study, block = m.group("study"), m.group("block")
+        if study == "all" and block == "claims":  # the studies side by side
+            both = {"text (MiniLM)": cache.setdefault("default", Findings(study_folder("default"))),
+                    "vision (EfficientNet-Lite0)": cache.setdefault("vision", Findings(study_folder("vision")))}
+            return f"<!-- findings:all:claims -->\n{claims_table(both)}\n<!-- /findings -->"
         if block not in BLOCKS:
             raise TiesnbError(f"unknown findings block {block!r}; known: {', '.join(BLOCKS)}")
         f = cache.setdefault(study, Findings(study_folder(study)))

@@ -6,7 +6,7 @@ variable, so nothing in the code or the notebooks names a machine-specific path.
 | name       | default                 | override           | holds                                   |
 |------------|-------------------------|--------------------|-----------------------------------------|
 | ROOT       | the repository          | TIESNB_ROOT        |                                         |
-| DATA_CACHE | ROOT/.cache/data        | TIESNB_DATA        | downloaded data (the BIG-bench tarball) |
+| DATA_CACHE | ROOT/.cache/data        | TIESNB_DATA        | downloaded package files (data, models) |
 | RUNS       | ROOT/runs               | TIESNB_RUNS        | checkpoints, results, executed notebooks|
 | FIGURES    | ROOT/figures            | TIESNB_FIGURES     | figures and tables of the study         |
 | PARAMS     | ROOT/params             | TIESNB_PARAMS      | the studies' parameter files            |
