@@ -205,7 +205,7 @@ def test_the_vision_study_writes_every_output_and_the_batchnorm_table(vision_smo
         for task in ("digits", "fashion_gear", "multitask"):
             assert (vision_smoke_run / f"seed-{seed}" / "checkpoints" / task / "model.safetensors").exists()
     t1 = pd.read_csv(figures / "table1.csv")
-    assert {"zero-shot", "fine-tuned", "TIES", "RegMean", "Fisher"} <= set(t1.method)
+    assert {"probe", "fine-tuned", "TIES", "RegMean", "Fisher"} <= set(t1.method)
     assert "paper ViT-B/32" in t1.columns
     bn = pd.read_csv(figures / "batchnorm.csv")
     assert set(bn.variant) == {"kept", "re-estimated"} and set(bn.method) == set(t1.method)
