@@ -56,15 +56,15 @@ class Findings:
 
     def __init__(self, folder: Path):
         self.folder = folder
-        if not (folder / "table1.csv").exists():
-            raise TiesnbError(f"{folder} has no table1.csv: run the study first")
 
     def csv(self, name: str) -> pd.DataFrame:
-        return pd.read_csv(self.folder / f"{name}.csv")
+        path = self.folder / f"{name}.csv"
+        if not path.exists():
+            raise TiesnbError(f"{path} is missing: run the notebook that writes it (make fig-{name})")
+        return pd.read_csv(path)
 
-    @property
-    def seeds(self) -> list[str]:
-        return [c for c in self.csv("comparisons").columns if c.startswith("seed ")]
+    def seeds(self, table: str = "comparisons") -> list[str]:
+        return [c for c in self.csv(table).columns if c.startswith("seed ")]
 
     # ---------------------------------------------------------------- blocks
     def table1(self) -> str:
@@ -82,7 +82,7 @@ class Findings:
         c = self.csv("comparisons")
         rows = []
         for _, r in c.iterrows():
-            per_seed = " / ".join(_num(r[s], sign=True) for s in self.seeds)
+            per_seed = " / ".join(_num(r[s], sign=True) for s in self.seeds())
             loo = r.get("holds without any one task")
             rows.append([r.comparison, _ci(r.difference, r.lo, r.hi, sign=True), _t(r), per_seed, r.verdict,
                          "" if pd.isna(loo) else ("yes" if loo else "no")])
@@ -111,7 +111,7 @@ class Findings:
             task = r.task
             probe = ind.loc[pre, task] if task in ind.columns else ind.loc[pre, "average"]
             ft = ind.loc["fine-tuned", task] if task in ind.columns else ind.loc["fine-tuned", "average"]
-            per_seed = [r[s] for s in self.seeds if s in r]
+            per_seed = [r[s] for s in self.seeds("gains")]
             rows.append([task, _num(probe), _num(ft), _ci(r.difference, r.lo, r.hi, sign=True), _t(r),
                          f"{_num(min(per_seed), sign=True)} / {_num(max(per_seed), sign=True)}", r.verdict])
         return _md(rows, ["task", pre, "fine-tuned", "gain [95 % CI, bootstrap]", "seed-level t",
@@ -132,7 +132,7 @@ class Findings:
             source = f"{first.registry}: `{first.package}` {first.version}" + (
                 "; fallback " + ", ".join(f"`{s.package}` {s.version}" for s in rest) if rest else "; no same-content fallback")
             g = gains.loc[task]
-            per_seed = [g[s] for s in self.seeds if s in g]
+            per_seed = [g[s] for s in self.seeds("gains")]
             rows.append([task, spec.kind, source, first.license, f"{spec.n_examples:,}", str(len(spec.labels)),
                          _num(ind.loc[pre, task]), _num(ind.loc["fine-tuned", task]),
                          f"{_ci(g.difference, g.lo, g.hi, sign=True)}; t {_t(g)}", _num(min(per_seed), sign=True)])
@@ -259,10 +259,13 @@ def claims_table(studies: dict[str, "Findings"]) -> str:
 
 
 BLOCKS: dict[str, Callable[[Findings], str]] = {
-    "claims": lambda f: claims_table({"text (MiniLM)": f}),
+    "claims": lambda f: claims_table({NAMES.get(f.folder.name, f.folder.name): f}),
     "tasks": Findings.tasks,
     "table1": Findings.table1, "comparisons": Findings.comparisons, "ablations": Findings.ablations,
     "gains": Findings.gains, "contributions": Findings.contributions}
+
+
+NAMES = {"figures": "text (MiniLM)", "vision": "vision (EfficientNet-Lite0)"}  # a study's column, by its folder
 
 
 def study_folder(study: str) -> Path:
@@ -276,8 +279,7 @@ def render(text: str) -> str:
     def fill(m: re.Match) -> str:
         study, block = m.group("study"), m.group("block")
         if study == "all" and block == "claims":  # the studies side by side
-            both = {"text (MiniLM)": cache.setdefault("default", Findings(study_folder("default"))),
-                    "vision (EfficientNet-Lite0)": cache.setdefault("vision", Findings(study_folder("vision")))}
+            both = {NAMES[study_folder(x).name]: cache.setdefault(x, Findings(study_folder(x))) for x in ("default", "vision")}
             return f"<!-- findings:all:claims -->\n{claims_table(both)}\n<!-- /findings -->"
         if block not in BLOCKS:
             raise TiesnbError(f"unknown findings block {block!r}; known: {', '.join(BLOCKS)}")

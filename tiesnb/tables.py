@@ -114,10 +114,20 @@ def leave_one_out(contrib: pd.DataFrame) -> pd.Series:
     return contrib.groupby("comparison", sort=False)["holds_without"].all()
 
 
+def as_saved(df: pd.DataFrame) -> pd.DataFrame:
+    """Every float as the CSV keeps it (6 significant digits), so that a number printed from the
+    table and one printed from its CSV round the same way (8.649999… and 8.65 do not)."""
+    df = df.copy()
+    for c in df.columns:
+        if pd.api.types.is_float_dtype(df[c]):
+            df[c] = [float(f"{v:.6g}") if pd.notna(v) else v for v in df[c]]
+    return df
+
+
 def markdown(df: pd.DataFrame, digits: int = 1) -> str:
     """Markdown of a summary or comparison table: intervals folded into ``mean [lo, hi]``,
-    blanks (never ``nan``) where a value is missing."""
-    df = df.copy()
+    blanks (never ``nan``) where a value is missing; numbers rounded from their saved values."""
+    df = as_saved(df)
     f = f"{{:.{digits}f}}"
     if {"average", "average_lo", "average_hi"} <= set(df.columns):
         at = list(df.columns).index("average")
@@ -143,8 +153,9 @@ def _t_text(lo: float, hi: float, g: str) -> str:
 
 
 def plain_markdown(df: pd.DataFrame, digits: int = 1) -> str:
-    """``df`` as Markdown, numbers with ``digits`` decimals, missing values blank (never ``nan``)."""
-    df = df.astype(object).where(df.notna(), None)
+    """``df`` as Markdown, numbers with ``digits`` decimals (rounded from their saved values),
+    missing values blank (never ``nan``)."""
+    df = as_saved(df).astype(object).where(df.notna(), None)
     return df.to_markdown(index=False, floatfmt=f".{digits}f", missingval="")
 
 
