@@ -57,6 +57,9 @@ class Findings:
     def __init__(self, folder: Path):
         self.folder = folder
 
+    def has(self, name: str) -> bool:
+        return (self.folder / f"{name}.csv").exists()
+
     def csv(self, name: str) -> pd.DataFrame:
         path = self.folder / f"{name}.csv"
         if not path.exists():
@@ -190,7 +193,7 @@ def claim_cell(diff, lo, hi, t_lo, t_hi, expected: int, holds=None, why_no_t: st
 
 def _claims_of(f: "Findings") -> dict[str, str]:
     comp = f.csv("comparisons").set_index("comparison")
-    abl = f.csv("ablations")
+    abl = f.csv("ablations") if f.has("ablations") else pd.DataFrame(columns=["method"])  # not run yet: blank cells
     why = "one seed" if "t_lo" in comp.columns else "bootstrap only: made before the seed-level test"
     bases = list(abl["base"].unique()) if "base" in abl else [None]
     out = {}
@@ -221,6 +224,8 @@ def _figure_claims(f: "Findings") -> dict[str, str]:
     """The claims read off the figures' data: more tasks, redundancy, sign conflicts (means over
     seeds, with the range over seeds)."""
     out = {}
+    if not all(f.has(n) for n in ("num_tasks", "redundancy", "sign_conflicts")):
+        return out  # not run yet: blank cells
     nt = f.csv("num_tasks")
     top = nt[nt.n_models == nt.n_models.max()].groupby(["method", "seed"])["normalized"].mean().unstack("seed")
     best = top.mean(1).idxmax()
