@@ -177,7 +177,8 @@ caption = (f"Table 1. Test accuracy (%) of every method merging the {len(S.tasks
            f"chosen on {select_split}: "
            + ("by each seed (one setting shown when every seed chose it" if choose_per_seed
               else "one setting per method, the best on the mean over "
-                   + (f"the first {len(select)} of the seeds' validation" if len(select) < len(S.seeds) else "the seeds")) +
+                   + ((f"seed {select[0]}'s validation only" if len(select) == 1 else
+                       f"the validation of the first {len(select)} seeds") if len(select) < len(S.seeds) else "the seeds")) +
            f"; '(edge)': at the edge of its grid). The paper's columns: its averages with a validation set, {paper.SECOND_HAND}; other models "
            f"and tasks, so only the ordering compares.")
 S.save_table(table, "table1", "merge_sweep", params, caption=caption, markdown=tables.markdown(table))

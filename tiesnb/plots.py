@@ -56,14 +56,15 @@ def legend_below(ax, ncol: int = 3, **kw) -> None:
         ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=ncol, frameon=False, **kw)
 
 
-def log_ticks(ax, values, max_labels: int = 6) -> None:
-    """Ticks of a log axis at (a thinned subset of) the grid's own values, plainly labelled: no
-    overprinted minor labels."""
+def log_ticks(ax, values, min_ratio: float = 1.6) -> None:
+    """Ticks of a log axis at the grid's own values, plainly labelled, each at least
+    ``min_ratio`` times the previous one (no overprinted labels)."""
     import matplotlib.ticker as mticker
 
-    values = sorted(set(values))
-    step = max(1, -(-len(values) // max_labels))
-    shown = values[::step] if values[-1] in values[::step] else values[::step] + [values[-1]]
+    shown = []
+    for v in sorted(set(values)):
+        if not shown or v / shown[-1] >= min_ratio:
+            shown.append(v)
     ax.xaxis.set_major_locator(mticker.FixedLocator(shown))
     ax.xaxis.set_major_formatter(mticker.FixedFormatter([f"{v:g}" for v in shown]))
     ax.xaxis.set_minor_locator(mticker.NullLocator())
