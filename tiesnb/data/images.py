@@ -70,7 +70,9 @@ class _NumpyOnly(pickle.Unpickler):
     def find_class(self, module, name):
         if (module, name) not in self.ALLOWED:
             raise TiesnbError(f"the animal silhouettes' pickle asks for {module}.{name}: refused")
-        return super().find_class(module.replace("numpy.core", "numpy._core") if np.__version__ >= "2" else module, name)
+        if module.startswith("numpy.core") and hasattr(np, "_core"):  # numpy 2 moved numpy.core to numpy._core
+            module = module.replace("numpy.core", "numpy._core")
+        return super().find_class(module, name)
 
 
 def read_animals() -> tuple[np.ndarray, np.ndarray]:
