@@ -100,8 +100,8 @@ def test_lambda_sweep_reuse_is_exact(monkeypatch):
     for m in models:
         m["embeddings.w"] = base["embeddings.w"].clone()
     S = Study(StudyConfig(name="t", tasks=["a", "b", "c"]))
-    S._states = dict(zip("abc", models))
-    monkeypatch.setattr(S, "base", lambda: base)
+    S.models._states = dict(zip("abc", models))
+    monkeypatch.setattr(S.merger, "base", lambda: base)
     for method, hp in [("ties", {"k": 0.3}), ("task_arithmetic", {}), ("dare", {"k": 0.5, "seed": 1})]:
         for lam in (0.4, 1.3):
             got = S.merge(method, lam=lam, **hp)

@@ -38,6 +38,9 @@ class Family:
     pretrained_label: str = "zero-shot"
     cache_data: bool = True  # the splits are kept as JSON under runs/<study>/data (cheap readers: no)
     assets: tuple[str, ...] = ()  # the model's offline assets (none: a hub family); see study_assets
+    # the package files, besides its own module, that its data and evaluations run (the code part of
+    # the evaluation key, tiesnb/study/store.py): its data readers
+    code: tuple[str, ...] = ()
 
     def task_asset(self, task: str) -> str | None:
         """The offline asset a task's data is read from (None: the hub, or data_dir)."""

@@ -217,6 +217,7 @@ class CLIPSettings:
 
 class CLIPVision(Family):
     name = "clip"
+    code = ("data/images.py", "data/tasks.py", "data/paper.py")
     Settings = CLIPSettings
     cache_data = False
 

@@ -497,6 +497,7 @@ class Seq2Seq(Family):
     answer choices with several prompt templates per dataset."""
 
     name = "seq2seq"
+    code = ("data/paper.py",)
     Settings = Seq2SeqSettings
     modes = ("full", "ia3")
 
@@ -552,7 +553,7 @@ class Seq2Seq(Family):
 
     def eval_settings(self, study) -> list:
         c, s = study.config, study.settings
-        return [c.model, s.model_path, s.max_len, s.max_target_len, c.eval_batch_size, c.autocast]
+        return [c.model, s.model_path, s.max_len, s.max_target_len, c.eval_batch_size, c.autocast, s.templates]
 
     def evaluator(self, study):
         c, s = study.config, study.settings

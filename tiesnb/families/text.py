@@ -391,6 +391,7 @@ class MiniLM(Family):
     """MiniLM-L6 from its offline package, one fixed linear head per task."""
 
     name = "minilm"
+    code = ("data/tasks.py", "data/sources.py")
     Settings = TextSettings
     modes = ("full", "ia3")
     assets = ("minilm",)

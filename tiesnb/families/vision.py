@@ -262,6 +262,7 @@ class EfficientNetLite(Family):
     """EfficientNet-Lite0 (ImageNet) from its offline package, one fixed linear head per task."""
 
     name = "vision"
+    code = ("data/images.py", "data/tasks.py", "data/sources.py")
     Settings = VisionSettings
     cache_data = False  # the image reader keeps its own cache; the splits are cheap to draw
     assets = ("efficientnet",)
