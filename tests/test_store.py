@@ -109,9 +109,10 @@ def test_a_new_key_is_computed_again_and_the_same_key_is_read(tmp_path, package)
     study = stub_study(tmp_path)
     study.family = Text()
     s = store.EvaluationStore(study)
-    run = lambda: s.evaluate(lambda: None, RECIPE, ["a"], "val", "ties", seed=3, encoder=lambda x: x)  # noqa: E731
+    run = lambda: s.evaluate(lambda: None, RECIPE, ["a"], "val", "dare", 3, lambda x: x, seed=7)  # noqa: E731
     rows = run()
-    assert calls == ["a"] and rows[0]["accuracy"] == 0.5 and rows[0]["seed"] == 3 and list(rows[0]["pred"]) == [1, 0]
+    assert calls == ["a"] and rows[0]["accuracy"] == 0.5 and list(rows[0]["pred"]) == [1, 0]
+    assert rows[0]["seed"] == 3 and rows[0]["method_seed"] == 7  # the training seed, and DARE's own
     assert run()[0]["accuracy"] == 0.5 and calls == ["a"]  # read from the store
     with open(package / "families/text.py", "a") as f:
         f.write("\n# edited\n")

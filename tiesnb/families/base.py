@@ -93,8 +93,28 @@ class Family:
         raise NotImplementedError
 
     def pretrained(self, study) -> dict[str, torch.Tensor]:
-        """The pretrained state task vectors start from."""
+        """The pretrained model's state."""
         raise NotImplementedError
+
+    # (IA)³ (``mode: ia3``, the families that list it in ``modes``): a checkpoint holds only the
+    # vectors; task vectors start from vectors of ones, and a state is folded into the pretrained
+    # weights before it is evaluated
+    def merge_base(self, study) -> dict[str, torch.Tensor]:
+        """The point task vectors start from: the pretrained state, or (IA)³ vectors of ones."""
+        from ..training import ia3_identity
+
+        if study.config.mode == "ia3":
+            return ia3_identity(study.state(study.tasks[0]))
+        return self.pretrained(study)
+
+    def runnable(self, study, state: Mapping[str, torch.Tensor] | None) -> Mapping[str, torch.Tensor] | None:
+        """The model state that computes what a trained or merged ``state`` computes (None: the
+        pretrained model): itself, or (IA)³ vectors folded into the pretrained weights."""
+        from ..training import fold_ia3
+
+        if state is None or study.config.mode != "ia3":
+            return state
+        return fold_ia3(self.pretrained(study), state)
 
     # ---------------------------------------------------------------- merging, evaluation
     def merge_options(self, study, params: Mapping[str, Any]) -> dict:

@@ -30,27 +30,17 @@ class Merger:
         self._tv: dict[str, Any] = {}
 
     def base(self) -> dict[str, torch.Tensor]:
-        """The point task vectors start from: the pretrained model, or (IA)³ vectors of ones."""
-        from ..training import ia3_identity
-
-        s = self.study
-        if s.config.mode == "ia3":
-            return ia3_identity(s.state(s.tasks[0]))
-        return s.family.pretrained(s)
+        """The point task vectors start from (the family's: the pretrained model, or (IA)³ ones)."""
+        return self.study.family.merge_base(self.study)
 
     def options(self, params: Mapping[str, Any] | None = None) -> dict:
         """Which parameters merge and how (``exclude``, ``tied``, ``multiplicity``), per family."""
         return self.study.family.merge_options(self.study, params or {})
 
     def encoder(self, state: Mapping[str, torch.Tensor] | None) -> Mapping[str, torch.Tensor] | None:
-        """The model state that computes what a (merged) state computes: (IA)³ vectors are folded
-        into the pretrained weights."""
-        from ..training import fold_ia3
-
-        s = self.study
-        if state is None or s.config.mode == "full":
-            return state
-        return fold_ia3(s.family.pretrained(s), state)
+        """The model state that computes what a (merged) state computes (the family's: (IA)³
+        vectors are folded into the pretrained weights)."""
+        return self.study.family.runnable(self.study, state)
 
     def aliases(self) -> dict[str, str]:
         """Tied names → the one that stands for them (the first in sorted order, as the engine)."""

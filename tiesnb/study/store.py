@@ -111,11 +111,11 @@ class EvaluationStore:
             return None
 
     def evaluate(self, state_fn: Callable[[], Mapping[str, torch.Tensor] | None], recipe: Mapping[str, Any],
-                 tasks: Sequence[str], split: str, method: str, seed: int, encoder: Callable,
+                 tasks: Sequence[str], split: str, method: str, seed: int, encoder: Callable, /,
                  **hparams: Any) -> list[dict]:
         """Accuracy rows of the model that ``state_fn`` builds (only called on a cache miss;
         ``encoder`` turns it into what the evaluator runs), one per task, each with the training
-        seed, the number of examples, and the per-example predictions (``pred``) and scores
+        seed (``seed``; a method's own seed in ``hparams`` becomes ``method_seed``), the number of examples, and the per-example predictions (``pred``) and scores
         (``correct``: 1 right, 0 wrong; the mean is the accuracy)."""
         key = self.key(recipe, tasks, split)
         record = self.get(key)
