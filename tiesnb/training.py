@@ -275,6 +275,9 @@ def train_checkpoint(trainer, cfg: TrainConfig, data: Mapping, heads_state: Mapp
     resolved = {"train": asdict(cfg), "data": {t: data[t].fingerprint for t in cfg.tasks}, "heads": heads_fp,
                 "autocast_bf16": resolve_autocast(cfg.autocast), "device": device().type,
                 "versions": {"tiesnb": __version__, "torch": torch.__version__}, **(extra or {})}
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world > 1:  # absent: one process (the checkpoints trained before it entered the key stay valid)
+        resolved["world_size"] = world
     existing = out / "params.json"
     if existing.exists() and (out / "model.safetensors").exists():
         try:

@@ -85,6 +85,12 @@ class PaperDataset:
     def url(self, split: str) -> str:
         return f"{HUB_ROOT}/{self.repo}@{PARQUET_REVISION}/{self.config}/{split}/*.parquet"
 
+    def flat_urls(self, split: str) -> tuple[str, str]:
+        """The export's older, flat layout (``rte/super_glue-train.parquet``, or sharded
+        ``…-train-00000-of-00002.parquet``), which some repositories still have."""
+        folder = f"{HUB_ROOT}/{self.repo}@{PARQUET_REVISION}/{self.config}"
+        return f"{folder}/*-{split}.parquet", f"{folder}/*-{split}-[0-9]*-of-[0-9]*.parquet"
+
 
 def _int_label(r: Record) -> int:
     return int(r["label"])
@@ -163,11 +169,20 @@ def records(name: str, split: str, data_dir: str | Path | None = None, story_clo
 
     url = spec.url(split)
     try:
-        ds = datasets.load_dataset("parquet", data_files={split: url}, split=split)
+        from fsspec.core import url_to_fs
+
+        fs, _ = url_to_fs(url)
+        protocol = url.split("://")[0] + "://" if "://" in url else ""
+        found = sorted(fs.glob(url)) or sorted({f for pattern in spec.flat_urls(split) for f in fs.glob(pattern)})
+        if not found:
+            raise FileNotFoundError(f"no Parquet files for split {split} in either layout")
+        files = [f if "://" in f else protocol + f for f in found] if protocol else found
+        ds = datasets.load_dataset("parquet", data_files={split: files}, split=split)
     except Exception as e:  # no hub, nothing cached, a moved repository: say what was tried and what else works
         first = (str(e).splitlines() or [""])[0][:160]
-        raise TiesnbError(f"cannot load {name} split {split!r} from {url} ({type(e).__name__}: {first}); offline, set "
-                          f"data_dir to a folder of copies <data_dir>/{name}/{split}.jsonl") from None
+        raise TiesnbError(f"cannot load {name} split {split!r} from {url} (or the flat {spec.flat_urls(split)[0]}) "
+                          f"({type(e).__name__}: {first}); offline, set data_dir to a folder of copies "
+                          f"<data_dir>/{name}/{split}.jsonl") from None
     return [dict(r) for r in ds]
 
 

@@ -255,9 +255,8 @@ def training_items(cfg: Seq2SeqTrainConfig, data: Mapping[str, PaperTaskData]) -
 
 class ItemStream:
     """A seeded stream of training items in epochs of permutations. Every process draws the same
-    global micro-batch of ``batch_size × processes`` items and keeps its own slice of it, so
-    processes see different examples and together see what one process with the whole batch
-    would."""
+    micro-batch of ``batch_size`` items and keeps its own share (``batch_size / processes``), so
+    processes see different examples and together see what one process sees."""
 
     def __init__(self, n: int, seed: int):
         self.n, self.gen, self.order = n, torch.Generator().manual_seed(seed), []
@@ -319,6 +318,11 @@ def finetune(cfg: Seq2SeqTrainConfig, data: Mapping[str, PaperTaskData], heads_s
     items = training_items(cfg, data)
     stream = ItemStream(len(items), cfg.seed)
     rank, world = acc.process_index, acc.num_processes
+    # batch_size is the whole micro-batch, whatever the number of processes: each takes its share of
+    # the examples one process would take, so N processes train on what one process trains on
+    if cfg.batch_size % world:
+        raise TiesnbError(f"batch_size {cfg.batch_size} does not split over {world} processes: make it a multiple of {world}")
+    share = cfg.batch_size // world
 
     def state_now() -> dict[str, torch.Tensor]:
         m = acc.unwrap_model(model)
@@ -338,7 +342,7 @@ def finetune(cfg: Seq2SeqTrainConfig, data: Mapping[str, PaperTaskData], heads_s
     if cfg.eval_every and cfg.eval_at_start:
         best_score = score_now()  # the bar: a state is kept only if it beats the pretrained model
     if trace is not None:
-        trace.update(lr=[], items=[], val=[] if not cfg.eval_every else ([best_score] if cfg.eval_at_start else []))
+        trace.update(lr=[], items=[], grad=[], val=[] if not cfg.eval_every else ([best_score] if cfg.eval_at_start else []))
     model.train()
     name = "+".join(cfg.tasks) if len(cfg.tasks) < 3 else "multitask"
     bar = progress_.bar(range(cfg.steps), desc=f"train {name} ({cfg.mode}, seed {cfg.seed})",
@@ -346,7 +350,7 @@ def finetune(cfg: Seq2SeqTrainConfig, data: Mapping[str, PaperTaskData], heads_s
     for step in bar:
         total = 0.0
         for micro in range(cfg.grad_accum):
-            picks = stream.take(cfg.batch_size * world)[rank * cfg.batch_size:(rank + 1) * cfg.batch_size]
+            picks = stream.take(cfg.batch_size)[rank * share:(rank + 1) * share]
             pairs = []
             for j in picks:
                 task, i, k = items[j]
@@ -366,6 +370,8 @@ def finetune(cfg: Seq2SeqTrainConfig, data: Mapping[str, PaperTaskData], heads_s
             total = total + loss.detach()
         if trace is not None:
             trace["lr"].append(opt.param_groups[0]["lr"])
+            # after the all-reduce: every process holds the same gradient
+            trace["grad"].append(float(sum(p.grad.double().abs().sum() for p in params if p.grad is not None)))
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
@@ -485,7 +491,7 @@ class Seq2SeqSettings:
     templates: str = "first"  # first (T5: template 0 to train and evaluate) | all (IA3: train on
     #   example × template, accuracy = median over templates)
     schedule: str = "linear"  # linear (warm-up, then decay to 0) | constant
-    grad_accum: int = 1  # micro-batches per optimiser step (effective batch = batch_size × grad_accum × processes)
+    grad_accum: int = 1  # micro-batches per optimiser step (effective batch = batch_size × grad_accum, any number of processes)
     eval_every: int = 0  # optimiser steps between validation evaluations (0: none; the last state is kept)
     patience: int = 0  # stop after this many evaluations without improvement (0: never); the best state is kept
     eval_at_start: bool = False  # evaluate before training: the pretrained score is the bar to beat
