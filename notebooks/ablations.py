@@ -87,6 +87,8 @@ variants = {  # name: (fixed switches, λ grid from the base's λ, or None for �
     "without scaling (λ = 1)": ({}, None),
     ORACLE: ({"signs": MULTITASK}, lambda lam: scaled(relative_lams, lam)),
 }
+if not S.has_multitask:  # a study of existing task models without a multitask model: no oracle sign
+    del variants[ORACLE]
 groups = [[s] for s in S.seeds] if per_seed else [list(select)]
 tuned = {s: choices[str(s)][TIES]["params"] for s in S.seeds}  # k, λ, preset
 base_edges = {(BASES[0], s): choices[str(s)][TIES]["edge"] for s in S.seeds}
@@ -151,7 +153,8 @@ for Ss in S.each_seed():  # test and validation at the chosen settings
 abl = pd.DataFrame(rows)
 
 # %%
-order = [TIES, "without trim", "without elect", "without disjoint mean", "without scaling (λ = 1)", ORACLE]
+order = [TIES, "without trim", "without elect", "without disjoint mean", "without scaling (λ = 1)"] + \
+    ([ORACLE] if ORACLE in variants else [])
 
 
 def chosen_text(b, name):

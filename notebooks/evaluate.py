@@ -42,10 +42,11 @@ for Ss in S.each_seed():
     for t in progress.bar(S.tasks, desc=f"each model on every task (seed {Ss.seed})"):
         rows += Ss.evaluate_checkpoint(t, [t], split, "fine-tuned")
         cross += [dict(r, trained_on=t) for r in Ss.evaluate_checkpoint(t, S.tasks, cross_split, "fine-tuned")]
-    rows += Ss.evaluate_checkpoint(MULTITASK, S.tasks, split, "multitask")
+    if S.has_multitask:  # (a study of existing task models may have none)
+        rows += Ss.evaluate_checkpoint(MULTITASK, S.tasks, split, "multitask")
     cross += Ss.evaluate_checkpoint(None, S.tasks, cross_split, PRE)
 rows = pd.DataFrame(rows)
-table = tables.summary(rows, [PRE, "fine-tuned", "multitask"], S.tasks, S.seeds)
+table = tables.summary(rows, [PRE, "fine-tuned"] + (["multitask"] if S.has_multitask else []), S.tasks, S.seeds)
 S.save_table(table, "individual", "evaluate", params, markdown=tables.markdown(table),
              caption=f"Accuracy (%) on the {split} split of each task, mean over {len(S.seeds)} training seeds: "
                      f"pretrained encoder with its heads ({PRE}), the model fine-tuned on the task, and the "

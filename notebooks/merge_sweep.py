@@ -116,7 +116,8 @@ for Ss in S.each_seed():
     test = Ss.evaluate_checkpoint(None, S.tasks, report_split, PRE)
     for t in progress.bar(S.tasks, desc=f"fine-tuned models on {report_split} (seed {Ss.seed})"):
         test += Ss.evaluate_checkpoint(t, [t], report_split, "fine-tuned")
-    test += Ss.evaluate_checkpoint(MULTITASK, S.tasks, report_split, "multitask")
+    if S.has_multitask:  # (a study of existing task models may have none)
+        test += Ss.evaluate_checkpoint(MULTITASK, S.tasks, report_split, "multitask")
     for method, label, hp, _ in progress.bar(picks, desc=f"chosen settings on {report_split} (seed {Ss.seed})"):
         test += Ss.evaluate_merge(method, report_split, label=label, **hp)
         if Ss.seed in select:
@@ -163,7 +164,7 @@ def setting(label):
     distinct = list(dict.fromkeys(per_seed_text))
     return distinct[0] if len(distinct) == 1 else " / ".join(per_seed_text)
 
-labels = [PRE, "fine-tuned", "multitask"] + list(choices[S.seeds[0]])
+labels = [PRE, "fine-tuned"] + (["multitask"] if S.has_multitask else []) + list(choices[S.seeds[0]])
 table = tables.summary(test, labels, S.tasks, S.seeds, settings={l: setting(l) for l in labels})
 edge_rows = [l for l in labels if any(choices[s].get(l, {}).get("edge") for s in S.seeds)]
 PAPER_ROW = {"fine-tuned": "fine-tuned", "multitask": "multitask", "averaging": "averaging",
@@ -203,8 +204,9 @@ if full:
     pairs.append(("TIES − RegMean", "TIES", "RegMean"))
 pairs.append((f"TIES − best other method ({best_other})", "TIES", best_other))
 pairs += [("task arithmetic − averaging", "task arithmetic", "averaging"),
-          ("TIES − task arithmetic, no validation", NO_VAL_TIES, NO_VAL_TA),
-          ("TIES − multitask", "TIES", "multitask")]
+          ("TIES − task arithmetic, no validation", NO_VAL_TIES, NO_VAL_TA)]
+if S.has_multitask:
+    pairs.append(("TIES − multitask", "TIES", "multitask"))
 comparisons = tables.compare(test, pairs, S.tasks, S.seeds)
 contrib = tables.contributions(test, pairs, S.tasks, S.seeds)
 comparisons["holds without any one task"] = comparisons.comparison.map(tables.leave_one_out(contrib))

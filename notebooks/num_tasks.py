@@ -35,6 +35,7 @@ seed: int = 0  # seed of the subset sample
 import pandas as pd
 
 from tiesnb import analysis, plots, progress
+from tiesnb.errors import TiesnbError
 from tiesnb.study import Study
 
 S = Study.load(study)
@@ -52,6 +53,10 @@ for Ss in S.each_seed():
         continue
     reference = {(Ss.seed, r["task"]): r["accuracy"]
                  for t in S.tasks for r in Ss.evaluate_checkpoint(t, [t], split, "fine-tuned")}
+    zero = [t for (_, t), acc in reference.items() if acc == 0]
+    if zero:  # normalized accuracy divides by it
+        raise TiesnbError(f"seed {Ss.seed}: the fine-tuned model of {', '.join(zero)} scores 0 on {split}: "
+                          f"normalized accuracy is undefined")
     todo = [(size, draw, c) for size in combos for draw, c in enumerate(combos[size])]
     for size, draw, combo in progress.bar(todo, desc=f"number of tasks (seed {Ss.seed})"):
         for method, label, hp in methods:

@@ -34,9 +34,10 @@ from tiesnb.study import Study
 S = Study.load(study)
 records = {}
 for Ss in S.each_seed():
-    checkpoint = Ss.train(task)
-    records[Ss.seed] = json.loads((checkpoint / "params.json").read_text())
-records[S.seeds[0]]["resolved"]["train"]
+    checkpoint = Ss.train(task)  # an existing model (task_models) is read, not trained: no record
+    if checkpoint is not None and (checkpoint / "params.json").exists() and not Ss.models.existing(task):
+        records[Ss.seed] = json.loads((checkpoint / "params.json").read_text())
+records[S.seeds[0]]["resolved"]["train"] if records else "nothing trained here"
 
 # %% [markdown]
 # Training loss per step (a running mean over 20 steps), one line per seed.
@@ -45,9 +46,9 @@ records[S.seeds[0]]["resolved"]["train"]
 import pandas as pd
 
 fig, ax = plots.figure()
-for s, record in records.items():
+for s, record in records.items():  # (none for an existing model: the plot stays empty)
     loss = pd.Series(record.get("metrics", {}).get("loss", []), dtype=float)
     ax.plot(loss.index, loss.rolling(20, min_periods=1).mean(), lw=1.2, label=f"seed {s}")
-ax.set(xlabel="step", ylabel="cross-entropy", title=f"{task} ({records[S.seeds[0]]['resolved']['train']['mode']})")
+ax.set(xlabel="step", ylabel="cross-entropy", title=f"{task} ({S.config.mode})")
 plots.legend_outside(ax)
 plt.show()

@@ -50,7 +50,7 @@ if variants:
     choices = json.loads(choices_file.read_text())["choices"]
     AUX = {"fisher": {"fishers": "auto"}, "regmean": {"grams": "auto"}}  # the statistics, as merge_sweep passed them
     PRE = S.family.pretrained_label
-    labels = [PRE, "fine-tuned", "multitask"] + list(choices[str(S.seeds[0])])
+    labels = [PRE, "fine-tuned"] + (["multitask"] if S.has_multitask else []) + list(choices[str(S.seeds[0])])
     rows = []
     for name, overrides in variants.items():
         V = S.variant(**overrides)
@@ -58,7 +58,8 @@ if variants:
             part = Vs.evaluate_checkpoint(None, S.tasks, split, PRE)
             for t in S.tasks:
                 part += Vs.evaluate_checkpoint(t, [t], split, "fine-tuned")
-            part += Vs.evaluate_checkpoint(MULTITASK, S.tasks, split, "multitask")
+            if S.has_multitask:
+                part += Vs.evaluate_checkpoint(MULTITASK, S.tasks, split, "multitask")
             for label, c in progress.bar(list(choices[str(Vs.seed)].items()), desc=f"{name} (seed {Vs.seed})"):
                 part += Vs.evaluate_merge(c["method"], split, label=label, **c["params"], **AUX.get(c["method"], {}))
             rows += [{**r, "method": f"{r['method']} [{name}]"} for r in part]

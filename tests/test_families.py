@@ -2,6 +2,8 @@
 a tiny random CLIP (the stand-in for ViT-B/32, which needs a hub)."""
 
 import dataclasses
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -126,3 +128,118 @@ def test_clip_tasks_fail_in_one_line_without_a_hub(tmp_path, monkeypatch):
         clip.load_clip_task("eurosat", 10, 4, 4, 0, None)
     with pytest.raises(TiesnbError, match="cannot load the CLIP model"):
         clip.load_encoder(str(tmp_path / "nowhere"))
+
+
+def _released_clip_models(root, model_path):
+    """Each task's image tower moved a little, saved as a CLIPVisionModel folder: digits as
+    FusionBench's models were saved (transformers 4: ``vision_model.*`` names), fashion_gear as
+    transformers 5 saves one (the same names without the prefix)."""
+    import json
+
+    from safetensors.torch import save_file
+    from transformers import CLIPModel, CLIPVisionModel
+
+    clip_model = CLIPModel.from_pretrained(model_path)
+    out = {}
+    for i, task in enumerate(["digits", "fashion_gear"]):
+        torch.manual_seed(i)
+        tower = {k: (v + 0.003 * torch.randn_like(v)) if v.is_floating_point() else v
+                 for k, v in clip_model.vision_model.state_dict().items()}
+        folder = root / f"released-{task}"
+        if task == "digits":
+            folder.mkdir()
+            save_file({f"vision_model.{k}": v.contiguous() for k, v in tower.items()}, folder / "model.safetensors")
+            (folder / "config.json").write_text(json.dumps({"architectures": ["CLIPVisionModel"], "model_type": "clip_vision_model"}))
+        else:
+            vision = CLIPVisionModel(clip_model.config.vision_config)
+            vision.load_state_dict(tower, strict=False)
+            vision.save_pretrained(folder)
+        out[task] = str(folder)
+    return out
+
+
+def test_a_study_of_existing_clip_models_runs_every_notebook(tiny_clip_study, tmp_path):
+    """task_models names FusionBench-format folders: nothing is trained, every notebook runs on those
+    models (no multitask model: its rows and the oracle are left out), and a wrong shape is one line
+    naming the file and the key."""
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file, save_file
+    from tiesnb.study import Study
+
+    root, model_path = tiny_clip_study
+    released = _released_clip_models(tmp_path, model_path)
+    params = tmp_path / "params"
+    src = yaml.safe_load((root / "params" / "tiny-clip" / "study.yaml").read_text())
+    (params / "released").mkdir(parents=True)
+    # 60 test images: the tiny models score above 0 on each task (num_tasks divides by it)
+    (params / "released" / "study.yaml").write_text(yaml.safe_dump({**src, "name": "released", "task_models": released,
+                                                                    "n_test": 60}))
+    for nb in ("merge_sweep", "ablations", "num_tasks", "interference", "evaluate", "variants"):
+        small = yaml.safe_load((paths.PARAMS / "smoke" / f"{nb}.yaml").read_text()) if (paths.PARAMS / "smoke" / f"{nb}.yaml").exists() else {}
+        small = {**(small or {}), **({"split": "test"} if nb == "num_tasks" else {})}
+        (params / "released" / f"{nb}.yaml").write_text(yaml.safe_dump(small))
+    env = {**os.environ, "TIESNB_RUNS": str(tmp_path / "runs"), "TIESNB_PARAMS": str(params), "PYTHONWARNINGS": "ignore"}
+    for run, nb, extra in [("probe", "probe", {}), ("train-digits", "train", {"task": "digits"}),
+                           ("train-multitask", "train", {"task": "multitask"}), ("evaluate", "evaluate", None),
+                           ("merge_sweep", "merge_sweep", None), ("variants", "variants", None),
+                           ("interference", "interference", None), ("ablations", "ablations", None),
+                           ("num_tasks", "num_tasks", None)]:
+        pfile = params / "released" / f"{run}.yaml"
+        if extra is not None:
+            pfile.write_text(yaml.safe_dump(extra))
+        r = subprocess.run([sys.executable, "-m", "tiesnb.cli", "run", nb, "--study", "released", "--quiet", "--params",
+                            str(pfile)], env=env, capture_output=True, text=True, cwd=paths.ROOT)
+        assert r.returncode == 0, f"{run} failed:\n{r.stderr[-3000:]}"
+    figures = tmp_path / "runs" / "released" / "figures"
+    table1 = (figures / "table1.csv").read_text()
+    assert "fine-tuned" in table1 and "multitask" not in table1 and not (tmp_path / "runs" / "released" / "seed-0" / "checkpoints").exists()
+    import pandas as pd
+
+    assert not any("oracle" in m for m in pd.read_csv(figures / "ablations.csv").method)
+    # the fine-tuned row is the released models' accuracy, computed independently of the study
+
+    individual = pd.read_csv(figures / "individual.csv")
+    want = individual.loc[individual.method == "fine-tuned", "digits"].item()
+    from safetensors.torch import load_file as read
+
+    tower = {k.removeprefix("vision_model."): v for k, v in read(Path(released["digits"]) / "model.safetensors").items()}
+    from tiesnb.families import clip
+    from tiesnb import paths as P
+
+    old = (P.PARAMS, P.RUNS)
+    P.PARAMS, P.RUNS = params, tmp_path / "runs"
+    try:
+        S = Study.load("released")
+        enc = clip.load_encoder(model_path)
+        enc.vision_model.load_state_dict(tower)
+        x, y = S.data()["digits"].test
+        pred = clip.heads_module(S.heads(), ["digits"])("digits", clip.features(enc, x, 8)).argmax(1).numpy()
+        assert want == pytest.approx(100 * (pred == y).mean(), abs=1e-4)  # (the CSV keeps 6 digits)
+        # a released file with a wrong shape: one line, the file and the key
+        weights = Path(released["digits"]) / "model.safetensors"
+        state = load_file(weights)
+        key = "vision_model.post_layernorm.weight"
+        state[key] = torch.zeros(7)
+        save_file(state, weights)
+        with pytest.raises(TiesnbError, match=rf"released-digits: '{key}' has shape \(7,\), the model's is \(32,\)"):
+            Study.load("released").state("digits")
+        del state[key]
+        save_file(state, weights)
+        with pytest.raises(TiesnbError, match=rf"released-digits: no tensor '{key}'"):
+            Study.load("released").state("digits")
+    finally:
+        P.PARAMS, P.RUNS = old
+
+
+def test_existing_models_are_checked_against_the_study():
+    from tiesnb.study import Study, StudyConfig
+
+    parse = lambda **d: StudyConfig.parse({"name": "x", "tasks": ["digits"], **d}, "s")  # noqa: E731
+    with pytest.raises(TiesnbError, match="task_models names mnist, not among its tasks: digits"):
+        Study(parse(model="clip", task_models={"mnist": "/m"}))
+    with pytest.raises(TiesnbError, match="the vision family cannot read existing models"):
+        Study(parse(model="vision", task_models={"digits": "/m"}))
+    with pytest.raises(TiesnbError, match="one model per task: give one seed"):
+        Study(parse(model="clip", task_models={"digits": "/m"}, seeds=[0, 1]))

@@ -96,6 +96,23 @@ class Family:
         """The pretrained model's state."""
         raise NotImplementedError
 
+    # existing task models (``task_models`` in study.yaml): a family that can read them sets
+    # ``reads_released`` and turns a source (a local folder or a hub id) into a state of its own
+    reads_released: bool = False
+
+    def released_folder(self, study, source: str):
+        from .common import released_folder
+
+        return released_folder(source)
+
+    def released_fingerprint(self, study, source: str) -> str:
+        from .common import released_fingerprint
+
+        return released_fingerprint(source)
+
+    def released_state(self, study, source: str) -> dict[str, torch.Tensor]:
+        raise TiesnbError(f"the {self.name} family cannot read existing models")
+
     # (IA)³ (``mode: ia3``, the families that list it in ``modes``): a checkpoint holds only the
     # vectors; task vectors start from vectors of ones, and a state is folded into the pretrained
     # weights before it is evaluated

@@ -233,6 +233,29 @@ class CLIPVision(Family):
         c = study.config
         return load_clip_task(task, c.n_train, c.n_val, c.n_test, c.split_seed, study.settings.data_dir or None)
 
+    reads_released = True
+
+    def released_state(self, study, source: str) -> dict[str, torch.Tensor]:
+        """An existing fine-tuned model as an encoder state: a ``CLIPVisionModel`` folder (as
+        FusionBench's ``tanganke/clip-vit-base-patch32_<task>``, saved by transformers 4:
+        ``vision_model.*``; saved by transformers 5: the same names without the prefix; the
+        projection, not fine-tuned there, is the pretrained one) or a whole ``CLIPModel`` (its image
+        tower and projection)."""
+        from .common import check_like, released_tensors
+
+        tensors, folder = released_tensors(source)
+        pretrained = self.pretrained(study)
+        tower = ("embeddings.", "pre_layrnorm.", "encoder.", "post_layernorm.")
+        state = {("vision_model." + k if k.startswith(tower) else k): v for k, v in tensors.items()}
+        state = {k: v for k, v in state.items() if k.startswith("vision_model.") or k == "visual_projection.weight"}
+        state.setdefault("visual_projection.weight", pretrained["visual_projection.weight"])
+        state = {k: v for k, v in state.items() if k in pretrained or not k.endswith("position_ids")}
+        check_like(state, pretrained, folder)
+        extra = sorted(set(state) - set(pretrained))
+        if extra:
+            raise TiesnbError(f"{folder}: {extra[0]!r} is not a tensor of {study.settings.model_path}'s image encoder")
+        return {k: state[k].to(pretrained[k].dtype) for k in pretrained}
+
     def heads_settings(self, study) -> dict:
         return {"model_path": study.settings.model_path, "template": study.settings.template}
 

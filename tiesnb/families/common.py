@@ -1,9 +1,15 @@
-"""What several model families share beyond training: quieting ``transformers``, and the input
-Gram matrices RegMean needs, collected by forward hooks."""
+"""What several model families share beyond training: quieting ``transformers``, reading existing
+(released) models, and the input Gram matrices RegMean needs, collected by forward hooks."""
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+from typing import Mapping
+
 import torch
+
+from ..errors import TiesnbError
 
 
 def quiet_transformers() -> None:
@@ -11,6 +17,50 @@ def quiet_transformers() -> None:
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+
+
+def released_folder(source: str) -> Path:
+    """An existing model's folder: ``source`` itself when it is a local folder, else the hub's copy
+    of the repository ``source`` (its JSON and safetensors files; the hub's cache when offline)."""
+    if Path(source).expanduser().is_dir():
+        return Path(source).expanduser().resolve()
+    if Path(source).expanduser().exists() or source.startswith((".", "/", "~")):
+        raise TiesnbError(f"existing model {source}: not a folder (a Hugging Face layout with safetensors files)")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(source, allow_patterns=["*.json", "*.safetensors"]))
+    except Exception as e:  # no hub, not in its cache, no such repository
+        raise TiesnbError(f"cannot get the existing model {source!r} from the hub ({type(e).__name__}: "
+                          f"{(str(e).splitlines() or [''])[0][:160]}); offline, name a local folder instead") from None
+
+
+def released_tensors(source: str) -> tuple[dict[str, torch.Tensor], Path]:
+    """Every tensor of an existing model's safetensors files (one file, or an index's shards)."""
+    from ..checkpoints import load_state_dict
+
+    folder = released_folder(source)
+    return load_state_dict(folder), folder
+
+
+def released_fingerprint(source: str) -> str:
+    """A content hash of an existing model's weight files (each remembered by path and mtime)."""
+    from ..checkpoints import resolve_checkpoint_files
+    from ..io import sha256_cached
+
+    h = hashlib.sha256()
+    for f in resolve_checkpoint_files(released_folder(source)):
+        h.update(f.name.encode() + sha256_cached(f).encode())
+    return h.hexdigest()[:16]
+
+
+def check_like(state: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor], where: Path | str) -> None:
+    """One line naming the file and the first key that is missing or has another shape."""
+    for name, ref in reference.items():
+        if name not in state:
+            raise TiesnbError(f"{where}: no tensor {name!r} (the model it should fine-tune has it, shape {tuple(ref.shape)})")
+        if tuple(state[name].shape) != tuple(ref.shape):
+            raise TiesnbError(f"{where}: {name!r} has shape {tuple(state[name].shape)}, the model's is {tuple(ref.shape)}")
 
 
 class LinearGrams:

@@ -149,6 +149,11 @@ class Study:
     def checkpoint_fingerprint(self, task: str) -> str:
         return self.models.fingerprint(task)
 
+    @property
+    def has_multitask(self) -> bool:
+        """Whether the study has a multitask model (trained here, or an existing one it names)."""
+        return self.models.has_multitask()
+
     # ------------------------------------------------------------------ merging
     def base(self) -> dict[str, torch.Tensor]:
         return self.merger.base()

@@ -50,6 +50,11 @@ class StudyConfig:
     # statistics for the Fisher and RegMean baselines
     fisher_examples: int = 64
     gram_examples: int = 256
+    # existing fine-tuned models instead of training them: task → a local folder (Hugging Face
+    # layout, safetensors) or a hub id, read by the family (a task not named is trained here); the
+    # multitask model likewise ("" with task_models: none, and the notebooks leave it out)
+    task_models: dict[str, str] = field(default_factory=dict)
+    multitask_model: str = ""
     # where figures and tables go, relative to the repository ("": runs/<study>/figures)
     figures_dir: str = "figures"
     settings: Any = field(default=None, repr=False)  # the family's section (its Settings dataclass); not a YAML key
@@ -145,6 +150,14 @@ def check(config: StudyConfig, family) -> None:
         raise TiesnbError(f"study {c.name}: eval_batch_size must be at least 1, got {c.eval_batch_size}")
     if not c.seeds or len(set(c.seeds)) != len(c.seeds):
         raise TiesnbError(f"study {c.name}: seeds must be a non-empty list of distinct integers, got {c.seeds}")
+    unknown = sorted(set(c.task_models) - set(c.tasks))
+    if unknown:
+        raise TiesnbError(f"study {c.name}: task_models names {', '.join(unknown)}, not among its tasks: {', '.join(c.tasks)}")
+    if (c.task_models or c.multitask_model) and len(c.seeds) > 1:
+        raise TiesnbError(f"study {c.name}: existing models are one model per task: give one seed, not {c.seeds}")
+    if (c.task_models or c.multitask_model) and not getattr(family, "reads_released", False):
+        raise TiesnbError(f"study {c.name}: the {c.model} family cannot read existing models (task_models); "
+                          f"the families that can: clip, seq2seq")
 
 
 def figures_dir(config: StudyConfig) -> Path:
