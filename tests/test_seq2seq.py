@@ -8,6 +8,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -521,3 +522,95 @@ def test_legacy_model_names_resolve_to_todays_ids(monkeypatch, tmp_path):
     with pytest.raises(TiesnbError, match="cannot load the seq2seq model 't5-base'"):
         seq2seq.load_seq2seq("t5-base")
     seq2seq._load.cache_clear()
+
+
+# ---------------------------------------------------------------------------------------------
+# existing (IA)³ checkpoints in the original code's format
+
+
+def _original_name(ours: str) -> str:
+    """This project's (IA)³ name → the original code's (the inverse of original_ia3_names)."""
+    name = ours.removesuffix(".ia3_l")
+    name = name[:-len("wo")] + "wi_1" if name.endswith("DenseReluDense.wo") else name
+    return f"transformer.{name}.ia3_vector"
+
+
+def test_original_ia3_checkpoints_compute_what_the_original_computes(fixtures, tmp_path):
+    """An (IA)³ checkpoint as the original saves it (``transformer.…{k,v,wi_1}.ia3_vector``, each
+    scaling that layer's output) is read into this project's vectors; folded into the model, it
+    gives the same logits as the original's semantics implemented by hand with forward hooks."""
+    from tiesnb.training import fold_ia3
+
+    _, data, _ = fixtures
+    model_path = seq2seq.make_tiny_t5(tmp_path / "tiny-t0", all_texts(data), feed_forward_proj="gated-gelu")
+    reference = seq2seq.ia3_reference(model_path)
+    torch.manual_seed(0)
+    original = {_original_name(k): 1 + 0.3 * torch.randn(v.numel()) for k, v in reference.items()}
+    assert any(".DenseReluDense.wi_1.ia3_vector" in k for k in original)
+    ours = {seq2seq.original_ia3_names(k): v for k, v in original.items()}
+    assert set(ours) == set(reference)
+    model, tok = seq2seq.load_seq2seq(model_path)
+    hooks = []
+    for name, module in model.named_modules():
+        key = f"transformer.{name}.ia3_vector"
+        if key in original:
+            hooks.append(module.register_forward_hook(lambda m, i, out, v=original[key]: out * v))
+    batch = tok(["the cat sat", "a dog"], return_tensors="pt", padding=True)
+    labels = tok(["yes", "no"], return_tensors="pt", padding=True).input_ids
+    with torch.no_grad():
+        want = model(**batch, labels=labels).logits
+        for h in hooks:
+            h.remove()
+        folded = {k: v.reshape(reference[k].shape) for k, v in ours.items()}
+        model.load_state_dict(fold_ia3(seq2seq.pretrained_state(model_path), folded))
+        got = model(**batch, labels=labels).logits
+    assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_a_study_of_original_ia3_checkpoints(fixtures, tmp_path):
+    """task_models naming folders of the original's ``best_model.pt``: nothing is trained, the
+    notebooks run on those vectors, and a wrong shape or name is one line naming the file."""
+    from tiesnb.study import Study
+
+    _, data, _ = fixtures
+    model_path = seq2seq.make_tiny_t5(tmp_path / "tiny-t0", all_texts(data), feed_forward_proj="gated-gelu")
+    reference = seq2seq.ia3_reference(model_path)
+    released = {}
+    for i, task in enumerate(["rte", "copa"]):
+        torch.manual_seed(i)
+        folder = tmp_path / "released" / task
+        folder.mkdir(parents=True)
+        torch.save({_original_name(k): 1 + 0.2 * torch.randn(v.numel()) for k, v in reference.items()},
+                   folder / "best_model.pt")
+        released[task] = str(folder)
+    params = _study(tmp_path, "orig-ia3", "ia3", ["rte", "copa"], model_path, data)
+    settings = yaml.safe_load((params / "study.yaml").read_text())
+    (params / "study.yaml").write_text(yaml.safe_dump({**settings, "task_models": released}))
+    env = {**os.environ, "TIESNB_RUNS": str(tmp_path / "runs"), "TIESNB_PARAMS": str(tmp_path / "params"),
+           "PYTHONWARNINGS": "ignore"}
+    for nb, run in [("probe", "probe"), ("train", "train-rte"), ("train", "train-multitask"), ("evaluate", "evaluate"),
+                    ("merge_sweep", "merge_sweep"), ("ablations", "ablations")]:
+        r = subprocess.run([sys.executable, "-m", "tiesnb.cli", "run", nb, "--study", "orig-ia3", "--quiet",
+                            "--params", str(params / f"{run}.yaml")], env=env, capture_output=True, text=True, cwd=paths.ROOT)
+        assert r.returncode == 0, f"{run} failed:\n{r.stderr[-3000:]}"
+    t1 = pd.read_csv(tmp_path / "runs" / "orig-ia3" / "figures" / "table1.csv")
+    assert {"fine-tuned", "TIES", "task arithmetic"} <= set(t1.method) and "multitask" not in set(t1.method)
+    assert not (tmp_path / "runs" / "orig-ia3" / "seed-0" / "checkpoints").exists()
+    old = (paths.PARAMS, paths.RUNS)
+    paths.PARAMS, paths.RUNS = tmp_path / "params", tmp_path / "runs"
+    try:
+        S = Study.load("orig-ia3")
+        state = S.state("rte")
+        saved = torch.load(Path(released["rte"]) / "best_model.pt", weights_only=True)
+        k = next(n for n in saved if "wi_1" in n)
+        assert torch.equal(state[seq2seq.original_ia3_names(k)].reshape(-1), saved[k])
+        saved[k] = torch.ones(3)
+        torch.save(saved, Path(released["copa"]) / "best_model.pt")
+        with pytest.raises(TiesnbError, match=r"copa/best_model.pt: '.*DenseReluDense.wo.ia3_l' has shape \(3,\)"):
+            Study.load("orig-ia3").state("copa")
+        saved["transformer.encoder.block.0.layer.0.SelfAttention.q.ia3_vector"] = torch.ones(4)
+        torch.save(saved, Path(released["copa"]) / "best_model.pt")
+        with pytest.raises(TiesnbError, match=r"copa/best_model.pt: '.*SelfAttention.q.ia3_vector' is not an \(IA\)³ vector"):
+            Study.load("orig-ia3").state("copa")
+    finally:
+        paths.PARAMS, paths.RUNS = old

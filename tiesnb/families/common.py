@@ -19,13 +19,27 @@ def quiet_transformers() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
+def local_path(source: str) -> Path | None:
+    """``source`` as a local path (relative ones from the repository) when it names one: it exists,
+    starts with ``/``, ``.`` or ``~``, or has more folders than a hub id (``owner/name``); None
+    for a hub id."""
+    from .. import paths
+
+    path = Path(source).expanduser()
+    path = path if path.is_absolute() else paths.ROOT / path
+    local = path.exists() or source.startswith((".", "/", "~")) or source.count("/") > 1
+    return path.resolve() if local else None
+
+
 def released_folder(source: str) -> Path:
     """An existing model's folder: ``source`` itself when it is a local folder, else the hub's copy
     of the repository ``source`` (its JSON and safetensors files; the hub's cache when offline)."""
-    if Path(source).expanduser().is_dir():
-        return Path(source).expanduser().resolve()
-    if Path(source).expanduser().exists() or source.startswith((".", "/", "~")):
-        raise TiesnbError(f"existing model {source}: not a folder (a Hugging Face layout with safetensors files)")
+    path = local_path(source)
+    if path is not None:
+        if not path.is_dir():
+            raise TiesnbError(f"existing model {source}: {'not a folder' if path.exists() else 'not found'} ({path}; "
+                              f"a folder in the Hugging Face layout with safetensors files)")
+        return path
     try:
         from huggingface_hub import snapshot_download
 

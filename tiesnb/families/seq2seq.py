@@ -68,6 +68,43 @@ def pretrained_state(model_path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+def ia3_reference(model_path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The (IA)³ vectors this project trains on the model (peft's names: ``<module>.ia3_l``), at
+    their starting point (ones): the names and shapes a released (IA)³ checkpoint must map to."""
+    from peft import IA3Config, get_peft_model
+
+    from ..training import ia3_state
+
+    model, _ = load_seq2seq(model_path)
+    return ia3_state(get_peft_model(model, IA3Config(target_modules=T5_IA3_TARGETS, feedforward_modules=T5_IA3_FEEDFORWARD)))
+
+
+def original_ia3_names(name: str) -> str:
+    """The original code's (IA)³ vector name → this project's: ``transformer.<…>.{k,v}.ia3_vector``
+    (scales the output of k or v) → ``<…>.{k,v}.ia3_l``; ``<…>.DenseReluDense.wi_1.ia3_vector``
+    (scales the output of wi_1, the gated branch, which is what wo multiplies) → ``<…>.wo.ia3_l``,
+    an input scale of wo: the same function."""
+    name = name.removeprefix("transformer.").removesuffix(".ia3_vector")
+    return (name[:-len("wi_1")] + "wo" if name.endswith("DenseReluDense.wi_1") else name) + ".ia3_l"
+
+
+def read_released(path: Path) -> dict[str, torch.Tensor]:
+    """A checkpoint's tensors: safetensors, or the original code's ``torch.save`` of a dict of
+    tensors (``best_model.pt``), read with ``weights_only`` (tensors only, no code)."""
+    if path.suffix == ".safetensors":
+        from ..checkpoints import load_state_dict
+
+        return load_state_dict(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # not a checkpoint, or one holding more than tensors
+        raise TiesnbError(f"{path}: not a dict of tensors saved by torch.save ({type(e).__name__}: "
+                          f"{(str(e).splitlines() or [''])[0][:120]})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise TiesnbError(f"{path}: not a dict of tensors saved by torch.save")
+    return state
+
+
 def tied_groups(model_path: str | os.PathLike) -> list[list[str]]:
     """T5's tied parameters: the shared embedding, both ``embed_tokens`` and, when the word
     embeddings are tied (T5, not T5 v1.1 / T0), ``lm_head``."""
@@ -450,7 +487,8 @@ def gram_matrices(model_path: str, state: Mapping[str, torch.Tensor], data: Pape
     return grams.mean()
 
 
-def make_tiny_t5(folder: str | Path, texts: Sequence[str], seed: int = 0, d_model: int = 32) -> Path:
+def make_tiny_t5(folder: str | Path, texts: Sequence[str], seed: int = 0, d_model: int = 32,
+                 feed_forward_proj: str = "relu") -> Path:
     """A tiny randomly initialised T5 and a word-level tokenizer covering ``texts``, saved as a
     Hugging Face folder: the paper-scale path's stand-in for T5 in tests (no weights download)."""
     from tokenizers import Tokenizer, models as tmodels, pre_tokenizers, processors
@@ -465,7 +503,7 @@ def make_tiny_t5(folder: str | Path, texts: Sequence[str], seed: int = 0, d_mode
     torch.manual_seed(seed)
     cfg = T5Config(vocab_size=len(vocab), d_model=d_model, d_ff=2 * d_model, d_kv=d_model // 2, num_heads=2,
                    num_layers=2, num_decoder_layers=2, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
-                   tie_word_embeddings=True)
+                   tie_word_embeddings=True, feed_forward_proj=feed_forward_proj)
     model = T5ForConditionalGeneration(cfg)
     folder = Path(folder)
     model.save_pretrained(folder)
@@ -546,6 +584,63 @@ class Seq2Seq(Family):
 
     def pretrained(self, study) -> dict[str, torch.Tensor]:
         return pretrained_state(study.settings.model_path)
+
+    # existing task models: the original code's checkpoints (``fullshot/ia3/<dataset>/best.pt``, a
+    # ``torch.save`` of the trainable tensors under its wrapper's names, ``transformer.…``; its
+    # checkpointer also writes ``best_model.pt``) or safetensors, as files or folders holding one
+    reads_released = True
+
+    @staticmethod
+    def _released_file(source: str) -> Path:
+        from .common import local_path, released_folder
+
+        path = local_path(source)
+        if path is not None and path.is_file():
+            return path
+        if path is not None and not path.exists():
+            raise TiesnbError(f"existing model {source}: not found ({path}): download it there, or name its folder or file")
+        folder = released_folder(source)
+        names = ("best.pt", "best_model.pt", "finish.pt", "model.safetensors")  # the original's, then ours
+        for name in names:
+            if (folder / name).exists():
+                return folder / name
+        raise TiesnbError(f"{folder}: holds none of {', '.join(names)}")
+
+    def released_folder(self, study, source: str) -> Path:
+        return self._released_file(source).parent
+
+    def released_fingerprint(self, study, source: str) -> str:
+        from ..io import sha256_cached
+
+        return sha256_cached(self._released_file(source))[:16]
+
+    def released_state(self, study, source: str) -> dict[str, torch.Tensor]:
+        from .common import check_like
+
+        path = self._released_file(source)
+        raw = read_released(path)
+        if study.config.mode == "ia3":
+            reference = ia3_reference(study.settings.model_path)
+            state = {}
+            for name, v in raw.items():
+                ours = original_ia3_names(name) if name.endswith(".ia3_vector") else name
+                if ours not in reference:
+                    raise TiesnbError(f"{path}: {name!r} is not an (IA)³ vector of {study.settings.model_path} "
+                                      f"(expected names like {next(iter(reference))!r} or the original's '…k.ia3_vector')")
+                state[ours] = v.reshape(reference[ours].shape) if v.numel() == reference[ours].numel() else v
+        else:
+            reference = self.pretrained(study)
+            state = {name.removeprefix("transformer."): v for name, v in raw.items()}
+            unknown = sorted(set(state) - set(reference))
+            if unknown:
+                raise TiesnbError(f"{path}: {unknown[0]!r} is not a tensor of {study.settings.model_path}")
+            for group in tied_groups(study.settings.model_path):  # the original saves the shared embedding once
+                have = [n for n in group if n in state]
+                for n in group:
+                    if have and n not in state:
+                        state[n] = state[have[0]]
+        check_like(state, reference, path)
+        return {k: state[k].to(reference[k].dtype) for k in reference}
 
     def merge_options(self, study, params) -> dict:
         """T5's tied embedding merges once; the original code's presets count it as the original
