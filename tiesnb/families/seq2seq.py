@@ -9,6 +9,10 @@ under every template and report a dataset's accuracy as the median over its temp
 (``templates: all``, the original's ``--multiple_prompts``), with the spread over templates beside
 it. The encoder runs once per input; all of an input's choices are scored in one decoder pass.
 bf16 autocast on CUDA, float32 on CPU (``autocast`` in the study's settings).
+
+Why one module (~680 lines): the paper-scale family carries the original's recipe — rank
+classification, the multi-template pool, accelerate training with early stopping, (IA)³ and
+the original's checkpoint format — each part short and read against the original's code.
 """
 
 from __future__ import annotations

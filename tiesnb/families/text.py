@@ -7,6 +7,9 @@ Only the encoder is fine-tuned and merged. Each task's head is fitted once on th
 pretrained encoder (a linear probe) and then kept fixed — the paper's ViT protocol — so every
 encoder (pretrained, fine-tuned, multitask, merged) is evaluated through the same heads.
 Encoders travel as state dicts (name → tensor, the names of ``transformers``' ``BertModel``).
+
+Why one module (~450 lines): a family is one unit (data, model, heads, training, evaluation,
+statistics) that a newcomer reads with its interface, ``families/base.py``.
 """
 
 from __future__ import annotations

@@ -26,6 +26,9 @@ the usual repair for an interpolated CNN. Either applies to every model the stud
 RegMean: the Gram matrices of every 1 × 1 convolution's inputs (the channel vectors at every pixel:
 a 1 × 1 convolution is a linear map per pixel, so RegMean's least-squares merge applies as it does to
 a linear layer); the stem and the depthwise convolutions, BatchNorm and the rest are averaged.
+
+Why one module (~360 lines): a family is one unit (data, model, heads, training, evaluation,
+statistics, BatchNorm variants) that a newcomer reads with its interface, ``families/base.py``.
 """
 
 from __future__ import annotations
