@@ -111,9 +111,11 @@ fig-%:  ## one figure or table and what it needs, e.g. make fig-table1, make fig
 # ---------------------------------------------------------------------------------------------
 # reading the results
 
-lab: setup  ## open JupyterLab on the notebooks (the .py sources open as notebooks, kept in sync)
-	$(BIN)/jupytext --set-formats ipynb,py:percent notebooks/*.py
-	$(BIN)/jupyter lab notebooks
+# the .py sources open as notebooks and save back to themselves (jupytext.toml); JupyterLab's
+# settings start from lab/settings, copied to runs/lab so that changing them leaves the sources alone
+lab: setup  ## open JupyterLab on the notebooks (each .py source opens as a notebook; saving writes the .py)
+	@mkdir -p runs/lab && cp -rn lab/settings runs/lab/
+	JUPYTERLAB_SETTINGS_DIR=$(CURDIR)/runs/lab/settings $(BIN)/jupyter lab notebooks
 
 report: setup  ## render the executed notebooks and an index of figures and tables to runs/<study>/report
 	$(TIESNB) report --study $(STUDY)

@@ -245,3 +245,35 @@ def test_a_failing_notebook_keeps_its_output_and_writes_no_stamp(smoke_run, tmp_
     assert "notebook train (train-nope) failed" in r.stderr and "TiesnbError" in r.stderr
     assert (smoke_run / "notebooks" / "train-nope.failed.ipynb").exists()
     assert not (smoke_run / "stamps" / "train-nope.json").exists()
+
+
+def test_the_lab_opens_and_saves_the_sources_unchanged(tmp_path):
+    """JupyterLab's view of a notebook (jupytext's contents manager with the committed
+    jupytext.toml): every .py source opens as a notebook, with its parameters cell tagged, and
+    saving it writes the same bytes; no .ipynb appears beside it."""
+    import shutil
+
+    from jupyter_server.services.contents.largefilemanager import LargeFileManager
+    from jupytext.sync_contentsmanager import build_sync_jupytext_contents_manager_class
+
+    shutil.copytree(paths.NOTEBOOKS, tmp_path / "notebooks")
+    shutil.copy(paths.ROOT / "jupytext.toml", tmp_path / "jupytext.toml")
+    cm = build_sync_jupytext_contents_manager_class(LargeFileManager)(root_dir=str(tmp_path))
+    sources = sorted((tmp_path / "notebooks").glob("*.py"))
+    assert len(sources) == len(pipeline.NOTEBOOKS)
+    for path in sources:
+        before = path.read_bytes()
+        model = cm.get(f"notebooks/{path.name}", type="notebook", content=True)
+        assert model["type"] == "notebook"
+        assert sum("parameters" in c["metadata"].get("tags", []) for c in model["content"]["cells"]) == 1, path.name
+        cm.save(model, f"notebooks/{path.name}")
+        assert path.read_bytes() == before, path.name
+    assert sorted(p.name for p in (tmp_path / "notebooks").iterdir()) == [p.name for p in sources]
+
+
+def test_notebook_runs_talk_to_their_kernel_over_ipc():
+    """No TCP port, so no "running over TCP without encryption" warning to hide."""
+    km = pipeline._ipc_kernel_manager()()
+    assert km.transport == "ipc" and os.path.isdir(os.path.dirname(km.ip))
+    km.cleanup_resources()
+    assert not os.path.exists(os.path.dirname(km.ip))

@@ -51,6 +51,29 @@ TABLES = {"individual", "gains", "table1", "merge_sweep", "comparisons", "contri
 _TYPES = {"str": str, "int": int, "float": float, "bool": bool, "list": list, "dict": dict, "None": type(None)}
 
 
+def _ipc_kernel_manager():
+    """A kernel manager whose kernel talks over local sockets (IPC) in a private temporary folder,
+    not TCP: nothing listens on a network port, and the kernel has no reason to warn that its
+    traffic is unencrypted."""
+    import tempfile
+
+    from jupyter_client.manager import KernelManager
+
+    class IPCKernelManager(KernelManager):
+        def __init__(self, **kwargs):
+            folder = tempfile.mkdtemp(prefix="tiesnb-kernel-")
+            super().__init__(transport="ipc", ip=os.path.join(folder, "kernel"), **kwargs)
+
+        def cleanup_resources(self, restart: bool = False) -> None:
+            super().cleanup_resources(restart)
+            if not restart:
+                import shutil
+
+                shutil.rmtree(os.path.dirname(self.ip), ignore_errors=True)
+
+    return IPCKernelManager
+
+
 def notebook_path(name: str) -> Path:
     path = paths.NOTEBOOKS / f"{name}.py"
     if not path.exists():
@@ -117,6 +140,8 @@ def run(notebook: str, study: str, params_file: str | Path | None = None, run_na
     import jupytext
     import papermill
 
+    IPCKernelManager = _ipc_kernel_manager()
+
     if params_file is None:
         from .study import params_file as study_params_file
 
@@ -144,9 +169,7 @@ def run(notebook: str, study: str, params_file: str | Path | None = None, run_na
             try:
                 papermill.execute_notebook(str(source), str(tmp), parameters=params, kernel_name="python3",
                                            cwd=str(paths.ROOT), progress_bar=False, log_output=False,
-                                           report_mode=False,
-                                           # the kernel's own start-up warnings would interleave with the progress
-                                           extra_arguments=["--IPKernelApp.log_level=CRITICAL"])
+                                           report_mode=False, kernel_manager_class=IPCKernelManager)
             except papermill.PapermillExecutionError as e:
                 os.replace(tmp, failed)
                 raise TiesnbError(f"notebook {notebook} ({run_name}) failed in cell {e.exec_count}: {e.ename}: "
