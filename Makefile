@@ -117,8 +117,8 @@ lab: setup  ## open JupyterLab on the notebooks (each .py source opens as a note
 	@mkdir -p runs/lab && cp -rn lab/settings runs/lab/
 	JUPYTERLAB_SETTINGS_DIR=$(CURDIR)/runs/lab/settings $(BIN)/jupyter lab notebooks
 
-report: setup  ## render the executed notebooks and an index of figures and tables to runs/<study>/report
-	$(TIESNB) report --study $(STUDY)
+report: setup  ## the study as a static site (MkDocs): findings, tables, figures, provenance, notebooks → runs/report/index.html
+	$(TIESNB) report
 
 bench: setup  ## merge benchmark, fp32 and bf16 at 7 × 1 GB: time and peak RSS against baselines (docs/performance.md)
 	$(BIN)/python benchmarks/merge_bench.py --size-mb 1000 --models 7 --repeats 3

@@ -122,9 +122,13 @@ def cmd_run(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .pipeline import report
+    import time
 
-    print(f"report: {report(args.study)}")
+    from .report import build
+
+    t0 = time.time()
+    index = build(Path(args.out) if args.out else None)
+    print(f"report: {index} ({time.time() - t0:.0f} s); open it in a browser")
     return 0
 
 
@@ -222,8 +226,9 @@ def main(argv=None) -> int:
     p.add_argument("--params", help="parameter file (default params/<study>/<notebook>.yaml)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_run)
-    p = sub.add_parser("report", help="render the executed notebooks and an index of outputs to HTML")
-    p.add_argument("--study", default="default")
+    p = sub.add_parser("report", help="the study as a static site: findings, both studies' tables, figures, "
+                                      "provenance and executed notebooks (runs/report/index.html)")
+    p.add_argument("--out", help="the site's folder (default runs/report)")
     p.set_defaults(func=cmd_report)
     p = sub.add_parser("data", help="the offline models and datasets: fetch, check the registries, export, import")
     p.add_argument("action", choices=["fetch", "check", "export", "import", "story-cloze"],

@@ -195,37 +195,6 @@ def owner(output: str) -> str:
     raise TiesnbError(f"no notebook writes {output!r}; outputs: {', '.join(o for v in OUTPUTS.values() for o in v)}")
 
 
-def report(study: str) -> Path:
-    """Static HTML of the executed notebooks and an index of the figures and tables."""
-    import nbformat
-    from nbconvert import HTMLExporter
-
-    from .study import Study
-
-    s = Study.load(study)
-    out = paths.RUNS / study / "report"
-    out.mkdir(parents=True, exist_ok=True)
-    exporter = HTMLExporter()
-    pages = []
-    for nb in sorted((paths.RUNS / study / "notebooks").glob("*.ipynb")):
-        if nb.name.startswith(".") or nb.name.endswith(".failed.ipynb"):
-            continue
-        html, _ = exporter.from_notebook_node(nbformat.read(nb, as_version=4))
-        with atomic_path(out / f"{nb.stem}.html") as tmp:
-            tmp.write_text(html)
-        pages.append(nb.stem)
-    figs = sorted(p.name for p in s.figures_dir.glob("*.png"))
-    tables = sorted(p.name for p in s.figures_dir.glob("*.md"))
-    rel = os.path.relpath(s.figures_dir, out)
-    body = [f"<h1>tiesnb study: {study}</h1>", "<h2>Notebooks</h2><ul>"]
-    body += [f'<li><a href="{p}.html">{p}</a></li>' for p in pages] + ["</ul><h2>Tables</h2><ul>"]
-    body += [f'<li><a href="{rel}/{t}">{t}</a></li>' for t in tables] + ["</ul><h2>Figures</h2>"]
-    body += [f'<h3>{f}</h3><img src="{rel}/{f}" style="max-width:48em">' for f in figs]
-    with atomic_path(out / "index.html") as tmp:
-        tmp.write_text("<!doctype html><meta charset=utf-8><title>tiesnb report</title>\n" + "\n".join(body))
-    return out / "index.html"
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="tiesnb run", description="run a study notebook headlessly")
     ap.add_argument("notebook", help=f"one of {', '.join(NOTEBOOKS)}")
