@@ -494,22 +494,36 @@ def test_each_family_reads_its_own_section_and_checks_it():
 
 
 def test_training_examples_are_the_originals_pool(fixtures):
-    """Per dataset: template 0 alone, or every template's pass over the records, shuffled with
-    random.Random(4) and cut at max_datapoints_per_dataset; datasets concatenated."""
+    """The original's readers: a task model's pool is every template's pass over the records,
+    shuffled with random.Random(4), never cut; the multitask pool is, per dataset and template,
+    the records shuffled with Random(4) then with seed 0 and cut at max // templates; template 0
+    alone: shuffled with Random(4), cut at max in the mixture only. ``pool: joint`` cuts every
+    pool at max after one shuffle."""
     import random
 
     _, data, _ = fixtures
     d = {"cb": _load(data, "cb"), "rte": _load(data, "rte")}  # 10 records each; 15 and 10 templates
-    cfg = seq2seq.Seq2SeqTrainConfig(tasks=["cb", "rte"], templates="all", max_per_dataset=40)
-    items = seq2seq.training_items(cfg, d)
+    mixture = seq2seq.training_items(seq2seq.Seq2SeqTrainConfig(tasks=["cb", "rte"], templates="all", max_per_dataset=40), d)
     expected = []
     for t, n_templates in (("cb", 15), ("rte", 10)):
-        pool = [(t, i, k) for k in range(n_templates) for i in range(10)]
-        random.Random(4).shuffle(pool)
-        expected += pool[:40]
-    assert items == expected
-    first = seq2seq.training_items(seq2seq.Seq2SeqTrainConfig(tasks=["rte"], templates="first", max_per_dataset=0), d)
-    assert sorted(first) == [("rte", i, 0) for i in range(10)]
+        for k in range(n_templates):
+            part = [(t, i, k) for i in range(10)]
+            random.Random(4).shuffle(part)
+            random.seed(0)
+            random.shuffle(part)  # as the original: the global generator, seeded
+            expected += part[:40 // n_templates]
+    assert mixture == expected and len(mixture) == 15 * 2 + 10 * 4
+    single = seq2seq.training_items(seq2seq.Seq2SeqTrainConfig(tasks=["cb"], templates="all", max_per_dataset=40), d)
+    pool = [("cb", i, k) for k in range(15) for i in range(10)]
+    random.Random(4).shuffle(pool)
+    assert single == pool  # 150 items: no cap for one dataset
+    joint = seq2seq.training_items(seq2seq.Seq2SeqTrainConfig(tasks=["cb"], templates="all", max_per_dataset=40,
+                                                              pool="joint"), d)
+    assert joint == pool[:40]
+    first = seq2seq.training_items(seq2seq.Seq2SeqTrainConfig(tasks=["rte", "cb"], templates="first", max_per_dataset=4), d)
+    rte = [("rte", i, 0) for i in range(10)]
+    random.Random(4).shuffle(rte)
+    assert first[:4] == rte[:4] and len(first) == 8
 
 
 def test_legacy_model_names_resolve_to_todays_ids(monkeypatch, tmp_path):

@@ -259,6 +259,7 @@ class Seq2SeqTrainConfig(TrainConfig):
     eval_at_start: bool = False
     eval_batch_size: int = 16
     max_per_dataset: int = 500000  # training examples (record × template) kept per dataset; 0: all
+    pool: str = "original"  # original: the cap applies to the multitask pool, per template | joint: to every pool
 
     def check(self) -> None:
         super().check()
@@ -269,6 +270,8 @@ class Seq2SeqTrainConfig(TrainConfig):
                               f"{self.templates!r}, {self.schedule!r}")
         if self.grad_accum < 1 or self.eval_every < 0 or self.patience < 0:
             raise TiesnbError("grad_accum must be >= 1, eval_every and patience >= 0")
+        if self.pool not in ("original", "joint"):
+            raise TiesnbError(f"pool must be original or joint, got {self.pool!r}")
 
 
 def lr_factor(step: int, cfg: Seq2SeqTrainConfig) -> float:
@@ -280,17 +283,34 @@ def lr_factor(step: int, cfg: Seq2SeqTrainConfig) -> float:
 
 def training_items(cfg: Seq2SeqTrainConfig, data: Mapping[str, PaperTaskData]) -> list[tuple[str, int, int]]:
     """(task, record, template) of every training example, per dataset as the original builds
-    them: each record with template 0, or every template's pass over the records (its
-    ``train_template_idx`` 0 and −2), shuffled with ``random.Random(4)`` and cut at
-    ``max_per_dataset`` (its ``max_datapoints_per_dataset``); datasets concatenated (its mixture:
-    examples-proportional)."""
+    them (``pool: original``), datasets concatenated (its mixture: examples-proportional):
+
+    * one dataset (a task model): each record with template 0, or every template's pass over the
+      records (its ``train_template_idx`` 0 and −2), shuffled with ``random.Random(4)``, no cap;
+    * several (the multitask model), template 0: the same, cut at ``max_per_dataset``; every
+      template: per template its pass over the records, shuffled with ``Random(4)`` and again with
+      seed 0, cut at ``max_per_dataset // templates`` (its ``DatasetMixtureReader``).
+
+    ``pool: joint`` (this project's earlier pool): every pool, single or mixture, one shuffle with
+    ``Random(4)`` over all templates and cut at ``max_per_dataset``."""
     import random
 
+    cap = cfg.max_per_dataset if cfg.max_per_dataset > 0 else None
+    mixture = len(cfg.tasks) > 1
     items = []
     for t in cfg.tasks:
-        own = [(t, i, k) for k in template_indices(data[t], cfg.templates) for i in range(len(data[t].train))]
+        templates, n = template_indices(data[t], cfg.templates), len(data[t].train)
+        if cfg.pool == "original" and mixture and len(templates) > 1:
+            per = cap // len(templates) if cap else None
+            for k in templates:
+                part = [(t, i, k) for i in range(n)]
+                random.Random(4).shuffle(part)  # the single-template dataset's own shuffle
+                random.Random(0).shuffle(part)  # the mixture's: random.seed(0); random.shuffle
+                items += part[:per]
+            continue
+        own = [(t, i, k) for k in templates for i in range(n)]
         random.Random(4).shuffle(own)
-        items += own[:cfg.max_per_dataset] if cfg.max_per_dataset > 0 else own
+        items += own[:cap] if (mixture or cfg.pool == "joint") else own
     return items
 
 
@@ -538,6 +558,7 @@ class Seq2SeqSettings:
     patience: int = 0  # stop after this many evaluations without improvement (0: never); the best state is kept
     eval_at_start: bool = False  # evaluate before training: the pretrained score is the bar to beat
     max_per_dataset: int = 500000  # training examples (record × template) per dataset, the original's cap; 0: all
+    pool: str = "original"  # original: as its readers (the cap on the multitask pool only, per template) | joint
 
 
 class Seq2Seq(Family):
@@ -552,7 +573,7 @@ class Seq2Seq(Family):
     def check(self, study) -> None:
         s, name = study.settings, study.config.name
         for key, valid in (("prompts", ("promptsource", "tiesnb")), ("templates", ("first", "all")),
-                           ("schedule", ("linear", "constant"))):
+                           ("schedule", ("linear", "constant")), ("pool", ("original", "joint"))):
             if getattr(s, key) not in valid:
                 raise TiesnbError(f"study {name}: seq2seq.{key} must be one of {', '.join(valid)}, got {getattr(s, key)!r}")
         if s.grad_accum < 1:
@@ -581,7 +602,8 @@ class Seq2Seq(Family):
                                   threads=study.threads, model_path=s.model_path, max_target_len=s.max_target_len,
                                   templates=s.templates, schedule=s.schedule, grad_accum=s.grad_accum,
                                   eval_every=s.eval_every, patience=s.patience, eval_at_start=s.eval_at_start,
-                                  eval_batch_size=c.eval_batch_size, max_per_dataset=s.max_per_dataset)
+                                  eval_batch_size=c.eval_batch_size, max_per_dataset=s.max_per_dataset,
+                                  pool=s.pool)
 
     def trainer(self):
         return finetune
