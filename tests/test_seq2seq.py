@@ -628,3 +628,32 @@ def test_a_study_of_original_ia3_checkpoints(fixtures, tmp_path):
             Study.load("orig-ia3").state("copa")
     finally:
         paths.PARAMS, paths.RUNS = old
+
+
+def test_checkpoints_are_selected_as_the_original_selects_them(monkeypatch):
+    """The score is the mean over the validation tasks (the original's inference mixture: every
+    task of the study) of each task's accuracy pooled over example × template (its
+    eval_template_idx −2); ``median`` takes the median over templates instead."""
+    from types import SimpleNamespace
+
+    acc = {("a", 0): 0.2, ("a", 1): 0.5, ("a", 2): 0.9, ("b", 0): 0.4, ("b", 1): 0.6, ("b", 2): 0.2}
+    sizes = {0: 10, 1: 10, 2: 20}
+    data = {t: SimpleNamespace(prompts=[0, 1, 2], examples=lambda split, k, t=t: [(t, k)] * sizes[k]) for t in "ab"}
+    monkeypatch.setattr(seq2seq, "template_indices", lambda d, templates: [0, 1, 2] if templates == "all" else [0])
+    monkeypatch.setattr(seq2seq, "rank_accuracy", lambda model, tok, ex, **kw: acc[ex[0]])
+    model = SimpleNamespace(training=False, eval=lambda: None, train=lambda mode=True: None)
+    cfg = lambda **kw: seq2seq.Seq2SeqTrainConfig(tasks=["a"], templates="all", **kw)  # noqa: E731
+    pooled_a = (0.2 * 10 + 0.5 * 10 + 0.9 * 20) / 40
+    pooled_b = (0.4 * 10 + 0.6 * 10 + 0.2 * 20) / 40
+    assert seq2seq.validation_score(model, None, cfg(), data, False) == pytest.approx(pooled_a)
+    assert seq2seq.validation_score(model, None, cfg(val_tasks=["a", "b"]), data, False) == pytest.approx((pooled_a + pooled_b) / 2)
+    assert seq2seq.validation_score(model, None, cfg(val_score="median"), data, False) == pytest.approx(0.5)
+    study = SimpleNamespace(config=SimpleNamespace(tasks=["a", "b"], mode="ia3", batch_size=8, lr=1e-4, weight_decay=0.0,
+                                                   warmup=0.0, autocast="off", eval_batch_size=4),
+                            settings=seq2seq.Seq2SeqSettings(), seed=0, threads=1)
+    from tiesnb.families import family
+
+    fam = family("seq2seq")
+    assert fam.train_config(study, ["a"]).val_tasks == ["a", "b"]  # the mixture, also for a task model
+    study.settings = seq2seq.Seq2SeqSettings(val_tasks="own")
+    assert fam.train_config(study, ["a"]).val_tasks == ["a"]

@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import os
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -260,6 +260,8 @@ class Seq2SeqTrainConfig(TrainConfig):
     eval_batch_size: int = 16
     max_per_dataset: int = 500000  # training examples (record × template) kept per dataset; 0: all
     pool: str = "original"  # original: the cap applies to the multitask pool, per template | joint: to every pool
+    val_tasks: list = field(default_factory=list)  # the tasks whose validation selects the state ([]: cfg.tasks)
+    val_score: str = "pooled"  # pooled: accuracy over every example × template | median: median over templates
 
     def check(self) -> None:
         super().check()
@@ -332,16 +334,24 @@ class ItemStream:
 
 
 def validation_score(model, tok, cfg: Seq2SeqTrainConfig, data: Mapping[str, PaperTaskData], bf16: bool) -> float:
-    """The mean over the tasks of their validation accuracy (median over the templates): what the
-    original selects checkpoints by."""
+    """What checkpoints are selected by: the mean over ``cfg.val_tasks`` (the original's
+    ``inference_dataset_mixture``: every task of the study, also for a task model) of each task's
+    validation accuracy — over every example × template (``pooled``, its ``eval_template_idx``
+    −2; template 0 alone with ``templates: first``) or the median over templates (``median``)."""
     was_training = model.training
     model.eval()
     accs = []
-    for t in cfg.tasks:
+    for t in cfg.val_tasks or cfg.tasks:
         d = data[t]
-        per = [rank_accuracy(model, tok, d.examples("val", k), batch_size=cfg.eval_batch_size, max_input_len=cfg.max_len,
-                             max_target_len=cfg.max_target_len, bf16=bf16) for k in template_indices(d, cfg.templates)]
-        accs.append(statistics.median(per))
+        per = []
+        for k in template_indices(d, cfg.templates):
+            examples = d.examples("val", k)
+            per.append((rank_accuracy(model, tok, examples, batch_size=cfg.eval_batch_size, max_input_len=cfg.max_len,
+                                      max_target_len=cfg.max_target_len, bf16=bf16), len(examples)))
+        if cfg.val_score == "pooled":
+            accs.append(sum(a * n for a, n in per) / max(1, sum(n for _, n in per)))
+        else:
+            accs.append(statistics.median(a for a, _ in per))
     model.train(was_training)
     return sum(accs) / len(accs)
 
@@ -559,6 +569,8 @@ class Seq2SeqSettings:
     eval_at_start: bool = False  # evaluate before training: the pretrained score is the bar to beat
     max_per_dataset: int = 500000  # training examples (record × template) per dataset, the original's cap; 0: all
     pool: str = "original"  # original: as its readers (the cap on the multitask pool only, per template) | joint
+    val_tasks: str = "mixture"  # checkpoint selection on: mixture (every task of the study, the original's) | own
+    val_score: str = "pooled"  # a task's validation score: pooled over example × template (the original's) | median
 
 
 class Seq2Seq(Family):
@@ -573,7 +585,8 @@ class Seq2Seq(Family):
     def check(self, study) -> None:
         s, name = study.settings, study.config.name
         for key, valid in (("prompts", ("promptsource", "tiesnb")), ("templates", ("first", "all")),
-                           ("schedule", ("linear", "constant")), ("pool", ("original", "joint"))):
+                           ("schedule", ("linear", "constant")), ("pool", ("original", "joint")),
+                           ("val_tasks", ("mixture", "own")), ("val_score", ("pooled", "median"))):
             if getattr(s, key) not in valid:
                 raise TiesnbError(f"study {name}: seq2seq.{key} must be one of {', '.join(valid)}, got {getattr(s, key)!r}")
         if s.grad_accum < 1:
@@ -603,7 +616,8 @@ class Seq2Seq(Family):
                                   templates=s.templates, schedule=s.schedule, grad_accum=s.grad_accum,
                                   eval_every=s.eval_every, patience=s.patience, eval_at_start=s.eval_at_start,
                                   eval_batch_size=c.eval_batch_size, max_per_dataset=s.max_per_dataset,
-                                  pool=s.pool)
+                                  pool=s.pool, val_tasks=list(c.tasks) if s.val_tasks == "mixture" else list(tasks),
+                                  val_score=s.val_score)
 
     def trainer(self):
         return finetune
