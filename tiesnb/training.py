@@ -271,7 +271,8 @@ def train_checkpoint(trainer, cfg: TrainConfig, data: Mapping, heads_state: Mapp
     + ``params.json``), unless ``out`` already holds a checkpoint made with the identical resolved
     parameters (then it is reused)."""
     out = Path(out)
-    heads_fp = _fingerprint(heads_state)
+    # the heads of the tasks trained, not of every task: another task's head does not enter this model
+    heads_fp = _fingerprint({k: v for k, v in heads_state.items() if k.split(".", 1)[0] in cfg.tasks})
     resolved = {"train": asdict(cfg), "data": {t: data[t].fingerprint for t in cfg.tasks}, "heads": heads_fp,
                 "autocast_bf16": resolve_autocast(cfg.autocast), "device": device().type,
                 "versions": {"tiesnb": __version__, "torch": torch.__version__}, **(extra or {})}
