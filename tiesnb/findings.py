@@ -223,17 +223,18 @@ def _claims_of(f: "Findings") -> dict[str, str]:
 def _figure_claims(f: "Findings") -> dict[str, str]:
     """The claims read off the figures' data: more tasks, redundancy, sign conflicts (means over
     seeds, with the range over seeds)."""
-    out = {}
-    if not all(f.has(n) for n in ("num_tasks", "redundancy", "sign_conflicts")):
-        return out  # not run yet: blank cells
-    nt = f.csv("num_tasks")
-    top = nt[nt.n_models == nt.n_models.max()].groupby(["method", "seed"])["normalized"].mean().unstack("seed")
-    best = top.mean(1).idxmax()
-    ties = top.loc["TIES"]
-    others = ", ".join(f"{m} {_num(top.loc[m].mean())}" for m in top.index if m != "TIES")
-    out["TIES degrades least with more tasks (paper defaults)"] = (
-        f"{'yes' if best == 'TIES' else f'no: {best} does'}: TIES keeps {_num(ties.mean())} % "
-        f"(seeds {_num(ties.min())}–{_num(ties.max())}) at {nt.n_models.max()} tasks; {others}")
+    out = {}  # a figure not run yet leaves its cell blank
+    if f.has("num_tasks"):
+        nt = f.csv("num_tasks")
+        top = nt[nt.n_models == nt.n_models.max()].groupby(["method", "seed"])["normalized"].mean().unstack("seed")
+        best = top.mean(1).idxmax()
+        ties = top.loc["TIES"]
+        others = ", ".join(f"{m} {_num(top.loc[m].mean())}" for m in top.index if m != "TIES")
+        out["TIES degrades least with more tasks (paper defaults)"] = (
+            f"{'yes' if best == 'TIES' else f'no: {best} does'}: TIES keeps {_num(ties.mean())} % "
+            f"(seeds {_num(ties.min())}–{_num(ties.max())}) at {nt.n_models.max()} tasks; {others}")
+    if not f.has("redundancy") or not f.has("sign_conflicts"):
+        return out
     red = f.csv("redundancy")
     per_seed = red.groupby(["k", "seed"])["accuracy"].mean().unstack("seed")
     if 20 in per_seed.index and 100 in per_seed.index:

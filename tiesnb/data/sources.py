@@ -212,8 +212,9 @@ def r_lazyload(asset: str, prefix: str, name: str):
 def trump_device_examples() -> list[tuple[str, str, str]]:
     """``(tweet, android|iphone, week)``: the tweets of @realDonaldTrump sent from an Android or
     an iPhone during the campaign (``CAMPAIGN``), retweets left out, in time order. The device
-    was Trump's own (Android) or his staff's (iPhone) — an authorship task; the week is the
-    document, so that no week's news straddles two splits."""
+    was Trump's own (Android) or his staff's (iPhone) — an authorship task. The week is the
+    document: the splits deal out each label's tweets a week at a time (a week's Android tweets
+    stay together, and its iPhone tweets, but the two may land in different splits)."""
     import datetime as dt
 
     frame = r_lazyload("dslabs", _DSLABS, "trump_tweets")

@@ -28,7 +28,9 @@ used only if it yields exactly the same examples, and a changed reader is caught
 Splits: duplicates removed (first kept), then test and validation drawn class-balanced (as far as
 the classes allow) with a generator seeded by the study seed and the task name, the rest shuffled
 into train. Tasks whose examples come in documents (speeches, Brown documents, a week of
-tweets) are split by document: no document straddles two splits. Same seed, same splits.
+tweets) are split by document within each class: a speech or a Brown document has one label and
+never straddles two splits; a week of tweets holds both labels, and each label's part of it stays
+in one split (the two parts may not: a week-level split is not built yet). Same seed, same splits.
 """
 
 from __future__ import annotations
@@ -125,7 +127,7 @@ TASKS: dict[str, TaskSpec] = {t.name: t for t in [
              about="a passage of the Brown corpus: its genre"),
     TaskSpec("trump_device", "authorship", ("android", "iphone"), sources.trump_device_examples, "dslabs",
              "e090f36553dcf21105bfaf64a54625f4a27b02114744373b9143fb678c074d8f", 3949,
-             about="a tweet of Trump's 2015-16 campaign: sent from his Android or his staff's iPhone (split by week)"),
+             about="a tweet of Trump's 2015-16 campaign: sent from his Android or his staff's iPhone (split by label and week)"),
     TaskSpec("wordnet_supersense", "lexical semantics", sources.NOUN_SUPERSENSES, sources.wordnet_examples, "wordnet",
              "27948c43d3051d2a17dab4914fb4cfa478e863d6e3055868d5dead3e08a9e7cc", 81484,
              about="a WordNet noun definition: the noun's supersense"),
