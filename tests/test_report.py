@@ -59,6 +59,9 @@ def test_the_site_builds_from_the_committed_figures(site):
     folder = site.parent
     assert site.exists() and (folder / "default.html").exists() and (folder / "vision.html").exists()
     assert "Not executed here" in (folder / "default.html").read_text()
+    from tiesnb.data.images import READERS
+
+    assert READERS["mnist"].fingerprint[:16] in (folder / "vision.html").read_text()  # each task's pinned content
 
 
 def test_every_page_loads_shows_its_images_and_links_resolve(site, browser):

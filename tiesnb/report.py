@@ -56,7 +56,7 @@ def _git(*args: str) -> str:
 
 def _fingerprints(study: str) -> list[tuple[str, str, str]]:
     """``(task, pinned content fingerprint, source)`` for every task the study reads."""
-    from .data.images import IMAGE_TASKS
+    from .data.images import IMAGE_TASKS, READERS
     from .data.tasks import TASKS
     from .study.config import study_settings
 
@@ -65,8 +65,8 @@ def _fingerprints(study: str) -> list[tuple[str, str, str]]:
         if task in TASKS:
             rows.append((task, TASKS[task].fingerprint[:16], TASKS[task].asset))
         elif task in IMAGE_TASKS:
-            spec = IMAGE_TASKS[task]
-            rows.append((task, str(getattr(spec, "fingerprint", ""))[:16], spec.asset))
+            source = READERS[IMAGE_TASKS[task].source]  # the pinned fingerprint is the source's
+            rows.append((task, source.fingerprint[:16], source.asset))
     return rows
 
 
@@ -98,7 +98,7 @@ def _provenance_line(folder: Path, rel: str, name: str) -> str:
     return " · " + " · ".join(bits)
 
 
-def _study_page(study: str, docs: Path, notebooks: list[str]) -> str:
+def _study_page(study: str, notebooks: list[str]) -> str:
     title, rel_folder, about = STUDIES[study]
     folder = paths.ROOT / rel_folder
     rel = f"data/{study}"
@@ -172,7 +172,7 @@ def build(out: Path | None = None, quiet: bool = True) -> Path:
             (docs / "notebooks" / study).mkdir(parents=True, exist_ok=True)
             shutil.copy(nb, docs / "notebooks" / study / nb.name)
             notebooks.append(nb.stem)
-        (docs / f"{study}.md").write_text(_study_page(study, docs, notebooks))
+        (docs / f"{study}.md").write_text(_study_page(study, notebooks))
         entry = {title: f"{study}.md"}
         nav.append(entry if not notebooks else
                    {title: [{"Results": f"{study}.md"}] + [{n: f"notebooks/{study}/{n}.ipynb"} for n in notebooks]})
@@ -188,5 +188,6 @@ def build(out: Path | None = None, quiet: bool = True) -> Path:
         r = subprocess.run([str(Path(__import__("sys").executable).with_name("mkdocs")), "build", "-q" if quiet else "-v",
                             "-f", str(src / "mkdocs.yml")], capture_output=True, text=True)
         if r.returncode != 0:
-            raise TiesnbError(f"mkdocs build failed: {(r.stderr or r.stdout).strip().splitlines()[-1:]}")
+            last = ((r.stderr or r.stdout).strip().splitlines() or ["no output"])[-1]
+            raise TiesnbError(f"mkdocs build of {src / 'mkdocs.yml'} failed: {last}")
     return out / "index.html"

