@@ -12,7 +12,7 @@ def keep_mask(values: torch.Tensor, k: float, count: str, ties: str) -> torch.Te
     """Boolean mask of the entries a top-k trim keeps, on a 1-D tensor."""
     d = values.numel()
     K = int(k * d) + (1 if count == "original" else 0)
-    if count == "at_least_one" and d > 0:
+    if count == "at_least_one" and d > 0 and k > 0:  # k = 0 keeps nothing (mergekit's density 0)
         K = max(1, K)
     K = min(K, d)
     mag = values.abs()

@@ -11,7 +11,7 @@ from tiesnb.merge import TIES_PRESETS, TaskVector, merge
 from tiesnb.merge.reference import ties_original
 
 from conftest import make_models
-from oracle import ties_oracle
+from oracle import keep_mask, ties_oracle
 
 
 def tv_models(base, *deltas):
@@ -141,6 +141,66 @@ def test_breadcrumbs_drops_the_largest_and_the_smallest():
     [m] = tv_models(base, [5.0, 4.0, 3.0, 2.0, 1.0, 0.5, 0.25, 0.125, 0.0625, 0.03125])
     out = merge("breadcrumbs", base, [m], gamma=0.1, k=0.3)  # drop top 1, keep the next 3
     assert out["w"].tolist() == [0.0, 4.0, 3.0, 2.0] + [0.0] * 6
+
+
+def test_breadcrumbs_always_keeps_k():
+    base = {"w": torch.zeros(10)}
+    [m] = tv_models(base, [5.0, 4.0, 3.0, 2.0, 1.0, 0.5, 0.25, 0.125, 0.0625, 0.03125])
+    # γ + k = 1.2 > 1: 8 entries kept, so only the largest 2 (not 4) can be dropped
+    assert merge("breadcrumbs", base, [m], gamma=0.4, k=0.8)["w"].tolist() == [0.0, 0.0] + m["w"][2:].tolist()
+    assert torch.equal(merge("breadcrumbs", base, [m], gamma=0.3, k=1.0)["w"], m["w"])  # k = 1 keeps all
+
+
+# ---------------------------------------------------------------------------------------------
+# values per model and per tensor (mergekit's density per model, gradients and filters)
+
+
+def test_per_model_k_and_tensor_params_merge_each_tensor_as_its_own_merge():
+    base, models = make_models(3, seed=8)
+    names = sorted(n for n, v in base.items() if v.is_floating_point())
+    common = dict(preset="mergekit", k=[0.1, 0.5, 0.3], weights=[1.0, 0.5, 2.0], lam=0.9)
+    over = {names[0]: {"k": [0.0, 1.0, 0.2], "lam": 0.4}, names[-1]: {"weights": [0.0, 1.0, 1.0]}}
+    got = merge("ties", base, models, **common, tensor_params=over)
+    switches = {k: v for k, v in TIES_PRESETS["mergekit"].items() if k not in ("lam",)}
+    for n in names:  # per-tensor trim: each tensor's merge is independent of the others
+        p = {**common, **over.get(n, {})}
+        one = lambda m: {n: m[n]}  # noqa: E731
+        trimmed = []  # the oracle takes one k: each model trimmed first with its own, then merged at k = 1
+        for m, k_i in zip(models, p["k"]):
+            d = (m[n] - base[n]).reshape(-1)
+            trimmed.append({n: base[n] + (d * keep_mask(d, k_i, "at_least_one", "index")).reshape(base[n].shape)})
+        expected = ties_oracle(one(base), trimmed, **{**switches, "k": 1.0}, lam=p["lam"], weights=p["weights"])
+        assert torch.allclose(got[n], expected[n], atol=1e-6, rtol=0), n
+    # every model at k = 0 keeps nothing: the base
+    assert torch.equal(merge("ties", base, models, k=0.0, trim="per_tensor")[names[0]], base[names[0]])
+
+
+def test_tensor_params_are_checked(small):
+    base, models = small
+    with pytest.raises(TiesnbError, match="not merged parameters: 'nope'"):
+        merge("ties", base, models, trim="per_tensor", tensor_params={"nope": {"k": 0.3}})
+    with pytest.raises(TiesnbError, match="'seed' cannot vary by tensor"):
+        merge("dare", base, models, tensor_params={"layer0.w": {"seed": 3}})
+    with pytest.raises(TiesnbError, match="needs trim='per_tensor'"):
+        merge("ties", base, models, tensor_params={"layer0.w": {"k": 0.3}})
+    with pytest.raises(TiesnbError, match="'k' has 2 values but there are 4 models"):
+        merge("ties", base, models, trim="per_tensor", k=[0.1, 0.2])
+    with pytest.raises(TiesnbError, match="out of range"):
+        merge("ties", base, models, trim="per_tensor", tensor_params={"layer0.w": {"k": 1.5}})
+
+
+def test_task_arithmetic_and_average_per_tensor():
+    base, models = make_models(2, seed=9)
+    names = sorted(n for n, v in base.items() if v.is_floating_point())
+    over = {names[0]: {"weights": [0.2, 0.8], "lam": 2.0}}
+    ta = merge("task_arithmetic", base, models, lam=0.5, tensor_params=over)
+    for n in names:
+        w, lam = ([0.2, 0.8], 2.0) if n == names[0] else ([1.0, 1.0], 0.5)
+        want = base[n] + lam * sum(wi * (m[n] - base[n]) for wi, m in zip(w, models))
+        assert torch.allclose(ta[n], want, atol=1e-6), n
+    avg = merge("average", base, models, tensor_params={names[0]: {"weights": [1.0, 3.0]}})
+    assert torch.allclose(avg[names[0]], (models[0][names[0]] + 3 * models[1][names[0]]) / 4, atol=1e-6)
+    assert torch.allclose(avg[names[1]], (models[0][names[1]] + models[1][names[1]]) / 2, atol=1e-6)
 
 
 def test_dare_drops_at_rate_and_rescales():
@@ -350,7 +410,7 @@ def test_output_dtype(small):
 
 
 @pytest.mark.parametrize("bad, match", [
-    (dict(k=1.5), "out of range"), (dict(k=0), "out of range"), (dict(lamda=1), "unknown parameter 'lamda'"),
+    (dict(k=1.5), "out of range"), (dict(k=-0.1), "out of range"), (dict(k=[0.5, 2]), "out of range"), (dict(lamda=1), "unknown parameter 'lamda'"),
     (dict(trim="layer"), "must be one of"), (dict(lam="big"), "must be a number"),
     (dict(weights=[1, 2]), "2 values but there are 4 models"), (dict(preset="nope"), "must be one of"),
 ])

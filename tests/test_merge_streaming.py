@@ -239,7 +239,7 @@ def test_cli_bad_checkpoints_one_line_and_no_output(on_disk, capsys, make_bad, m
 
 @pytest.mark.parametrize("cfg, message", [
     (dict(metod="ties"), "unknown config key 'metod'.*valid keys: method, base, models"),
-    (dict(params={"k": 2}), "parameter 'k' of method 'ties' out of range: 2.0 \\(needs 0 < k <= 1\\)"),
+    (dict(params={"k": 2}), "parameter 'k' of method 'ties' out of range: 2.0 \\(needs 0 <= k <= 1\\)"),
     (dict(params={"lamda": 1}), "unknown parameter 'lamda' for method 'ties'; valid: preset, k, trim"),
     (dict(method="tie"), "unknown merge method 'tie'; valid methods: average"),
     (dict(models=[]), "'models' .* must be a non-empty list"),

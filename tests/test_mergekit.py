@@ -21,12 +21,27 @@ from mergekit.merge import MergeOptions, run_merge  # noqa: E402
 WEIGHTS = [1.0, 0.5, 2.0]
 
 
+def tiny_tokenizer(folder, extra: str | None = None):
+    """A 64-token word-level tokenizer (tokenizer.json + tokenizer_config.json); ``extra`` renames
+    one token: another vocabulary of the same size."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"t{i}": i for i in range(62)} | {"<unk>": 62, "</s>": 63}
+    if extra:
+        del vocab["t61"]
+        vocab[extra] = 61
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="</s>").save_pretrained(folder)
+
+
 def tiny_llama(folder, seed: int, base_state=None, scale: float = 0.02, quantum: float | None = None):
-    """A Llama-layout checkpoint (config.json + model.safetensors); fine-tuned ones are the base
-    plus random deltas (rounded to multiples of ``quantum``: exact ties in magnitude)."""
+    """A Llama-layout checkpoint (config.json + model.safetensors + a tokenizer); fine-tuned ones
+    are the base plus random deltas (rounded to multiples of ``quantum``: exact ties in magnitude)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+    cfg = LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=4, num_attention_heads=2,
                       num_key_value_heads=2, vocab_size=64, max_position_embeddings=32, tie_word_embeddings=False)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(cfg)
@@ -40,6 +55,7 @@ def tiny_llama(folder, seed: int, base_state=None, scale: float = 0.02, quantum:
             state[k] = v + d
         model.load_state_dict(state)
     model.save_pretrained(folder)
+    tiny_tokenizer(folder)
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
@@ -51,6 +67,8 @@ def llamas(tmp_path_factory):
         tiny_llama(root / f"ft{i}", i + 1, base)
     for i in range(3):  # deltas on a grid of 0.01: many exactly equal magnitudes
         tiny_llama(root / f"q{i}", i + 11, base, quantum=0.01)
+    tiny_llama(root / "odd", 21, base)
+    tiny_tokenizer(root / "odd", extra="<pad>")  # one token renamed: another vocabulary
     return root
 
 
@@ -73,6 +91,11 @@ def run_mergekit(cfg, out):
     run_merge(MergeConfiguration.model_validate(cfg), str(out),
               MergeOptions(copy_tokenizer=False, write_model_card=False, quiet=True, random_seed=0))
     return load_state_dict(out)
+
+
+def merge_both(cfg, tmp_path):
+    """The same config through mergekit and tiesnb: (tiesnb's tensors, mergekit's)."""
+    return run_tiesnb(cfg, tmp_path, "tn"), run_mergekit(cfg, tmp_path / "mk")
 
 
 def run_tiesnb(cfg, tmp, out):
@@ -168,13 +191,110 @@ def test_what_tiesnb_cannot_do_is_named(llamas, tmp_path):
             assert w in text, (w, text)
         assert not (tmp_path / "o").exists()
 
-    gradient = mergekit_config(llamas, "ties", 0.3)
-    gradient["models"][0]["parameters"]["density"] = [0.8, 0.3, 0.1]  # as in mergekit's examples/ties.yml
-    fails(gradient, "models[0].parameters.density", "gradient")
-    fails({**mergekit_config(llamas, "ties", 0.3), "slices": []}, "mergekit key 'slices'")
+    fails({**mergekit_config(llamas, "ties", 0.3), "slices": []}, "both 'models' and 'slices'")
     fails(mergekit_config(llamas, "slerp", 0.3), "merge_method 'slerp'")
-    mixed = mergekit_config(llamas, "ties", 0.3)
-    mixed["models"][1]["parameters"]["density"] = 0.5
-    fails(mixed, "density values differ")
     fails({**mergekit_config(llamas, "ties", 0.3), "base_model": "someone/not-a-local-model"},
           "base_model", "'someone/not-a-local-model'", "Hugging Face hub")
+    bad = mergekit_config(llamas, "ties", 0.3)
+    bad["models"][0]["parameters"]["density"] = [{"filter": "mlp", "value": [0.5, [0.1]]}]
+    fails(bad, "models[0].parameters.density[0].value")
+    bad["models"][0]["parameters"]["density"] = [{"filter": "mlp", "valu": 0.5}]
+    fails(bad, "models[0].parameters.density[0] must be {filter: ..., value: ...}")
+    bad["models"][0]["parameters"]["density"] = [1.5, 0.2]
+    fails(bad, "density of models[0]", "[0, 1]")
+    # layer stacking (a "frankenmerge"), shifted sources, gaps, a vocabulary that differs
+    full = [{"model": str(llamas / m), "layer_range": [0, 4]} for m in ("base", "ft0", "ft1")]
+    stack = {"merge_method": "ties", "base_model": str(llamas / "base"), "dtype": "float32",
+             "slices": [{"sources": [{**s, "layer_range": [0, 2]} for s in full]},
+                        {"sources": [{**s, "layer_range": [0, 2]} for s in full]}]}
+    fails(stack, "slices[1]", "starts at layer 0, not 2")
+    shifted = {**stack, "slices": [{"sources": [full[0], {**full[1], "layer_range": [1, 5]}, full[2]]}]}
+    fails(shifted, "slices[0]", "different layer ranges")
+    short = {**stack, "slices": [{"sources": [{**s, "layer_range": [0, 3]} for s in full]}]}
+    fails(short, "end at layer 3", "4 layers")
+    fails({**mergekit_config(llamas, "ties", 0.3, models=("ft0", "odd")), "tokenizer_source": "union"},
+          "models[1]", "odd", "tokenizer.json", "another vocabulary")
+    fails({**mergekit_config(llamas, "ties", 0.3), "tokenizer": {"source": "union", "pad_to_multiple_of": 64}},
+          "tokenizer.pad_to_multiple_of")
+
+
+# ---------------------------------------------------------------------------------------------
+# mergekit's parameter language: gradients, filters, defaults, slices, tokenizer recipes
+
+
+def test_gradients_as_in_mergekits_examples(llamas, tmp_path):
+    # examples/ties.yml: a density gradient on one model, a weight gradient on another
+    cfg = mergekit_config(llamas, "ties", 0.5, normalize=True)
+    cfg["models"][0]["parameters"]["density"] = [1, 0.7, 0.1]
+    cfg["models"][1]["parameters"]["weight"] = [0, 0.3, 0.7, 1]
+    got, expected = merge_both(cfg, tmp_path)
+    assert_equal(got, expected)
+    # the gradient did something: layer 0 and layer 3 of the merge differ from a flat config's
+    flat = run_tiesnb(mergekit_config(llamas, "ties", 0.5, normalize=True), tmp_path, "flat")
+    for layer in (0, 3):
+        name = f"model.layers.{layer}.mlp.down_proj.weight"
+        assert not torch.equal(got[name], flat[name]), name
+
+
+def test_filtered_values_and_top_level_defaults(llamas, tmp_path):
+    # the shape of widely copied configs: filters per module, a fallback, defaults at the top level
+    cfg = {"merge_method": "ties", "base_model": str(llamas / "base"), "dtype": "float32",
+           "models": [{"model": str(llamas / "ft0"),
+                       "parameters": {"weight": [{"filter": "mlp", "value": 0.5}, {"value": 1.0}],
+                                      "density": [{"filter": "self_attn", "value": [0.2, 0.8]}]}},
+                      {"model": str(llamas / "ft1")},
+                      {"model": str(llamas / "ft2"), "parameters": {"weight": [{"filter": "mlp", "value": 0}, {"value": 0.7}]}}],
+           "parameters": {"density": 0.4, "weight": 0.8, "normalize": True, "int8_mask": True}}
+    got, expected = merge_both(cfg, tmp_path)
+    assert_equal(got, expected)
+    resolved = __import__("json").loads((tmp_path / "tn" / "merge_config.json").read_text())["params"]
+    assert resolved["k"] == 0.4  # model 0's self_attn density is the exception, per tensor
+    over = resolved["tensor_params"]["model.layers.3.self_attn.q_proj.weight"]
+    assert over["k"] == [0.8, 0.4, 0.4] and "model.layers.0.self_attn.q_proj.weight" in resolved["tensor_params"]
+
+
+@pytest.mark.parametrize("method, top, rounding", [
+    ("task_arithmetic", {"lambda": [0.5, 1.0]}, False),
+    ("task_arithmetic", {"normalize": True}, True),
+    ("breadcrumbs", {"gamma": [{"filter": "mlp", "value": 0.1}, {"value": 0.02}]}, False),
+    ("dare_ties", {}, False),
+    ("linear", {}, True),
+])
+def test_gradients_in_the_other_methods(llamas, tmp_path, method, top, rounding):
+    cfg = mergekit_config(llamas, method, 1.0 if method.startswith("dare") else None, **top)
+    if method == "breadcrumbs":
+        cfg["models"][1]["parameters"]["density"] = [0.9, 0.5]
+    cfg["models"][0]["parameters"]["weight"] = [1.0, 0.2, 0.6]
+    if method == "linear":
+        del cfg["base_model"]
+    got, expected = merge_both(cfg, tmp_path)
+    assert_equal(got, expected, rounding)
+
+
+def test_slices_covering_every_layer(llamas, tmp_path):
+    # one slice over every layer, the base among the sources: the same merge as with `models`
+    def src(m, r, **params):
+        return {"model": str(llamas / m), "layer_range": r, **({"parameters": params} if params else {})}
+
+    one = {"merge_method": "ties", "base_model": str(llamas / "base"), "dtype": "float32",
+           "parameters": {"normalize": True, "density": 0.5},
+           "slices": [{"sources": [src("base", [0, 4]), src("ft0", [0, 4], weight=[1, 0.2]), src("ft1", [0, 4], weight=0.5)]}]}
+    got, expected = merge_both(one, tmp_path)
+    assert_equal(got, expected)
+    # two slices with their own parameters: the gradient runs within each slice
+    two = {**one, "slices": [
+        {"sources": [src("base", [0, 2]), src("ft0", [0, 2], weight=[1, 0.2]), src("ft1", [0, 2], weight=1.5)],
+         "parameters": {"density": 0.3}},
+        {"sources": [src("base", [2, 4]), src("ft0", [2, 4], density=[0.9, 0.1], weight=0.7), src("ft1", [2, 4], weight=0.5)]}]}
+    got2, expected2 = run_tiesnb(two, tmp_path, "tn2"), run_mergekit(two, tmp_path / "mk2")
+    assert_equal(got2, expected2)
+    assert not torch.equal(got2["model.layers.3.mlp.up_proj.weight"], got["model.layers.3.mlp.up_proj.weight"])
+
+
+@pytest.mark.parametrize("recipe", [{"tokenizer_source": "union"}, {"tokenizer_source": "base"},
+                                    {"tokenizer": {"source": "union"}}])
+def test_tokenizer_recipes_when_every_vocabulary_is_the_base_s(llamas, tmp_path, recipe):
+    cfg = {**mergekit_config(llamas, "ties", 0.3, normalize=True), **recipe}
+    got, expected = merge_both(cfg, tmp_path)
+    assert_equal(got, expected)
+    assert (tmp_path / "tn" / "tokenizer.json").read_bytes() == (llamas / "base" / "tokenizer.json").read_bytes()

@@ -152,7 +152,7 @@ def merge_checkpoints(method: str, base: str | os.PathLike, models: Sequence[str
                         (tmp / f.name).write_bytes(f.read_bytes())
             config = {
                 "method": method,
-                "params": {k: _describe_input(v) for k, v in p.items()},
+                "params": {k: (v if k == "tensor_params" else _describe_input(v)) for k, v in p.items()},
                 "base": str(base), "models": [str(x) for x in models],
                 "include": list(include), "exclude": list(exclude), "tied": [list(g) for g in tied],
                 "dtype": dtype or "auto", "device": str(device), "chunk": chunk,

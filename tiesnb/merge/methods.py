@@ -35,6 +35,36 @@ def _weights(job: MergeJob, p: dict, name: str = "weights") -> torch.Tensor | No
     return torch.tensor(w, dtype=torch.float32, device=job.device)
 
 
+def for_tensor(p: dict, name: str) -> dict:
+    """The parameters for one tensor: ``p`` with that tensor's ``tensor_params`` over it."""
+    over = p.get("tensor_params")
+    return {**p, **over[name]} if over and name in over else p
+
+
+def per_model(p: dict, key: str, i: int) -> float:
+    """Model ``i``'s value of a parameter given as one number or one per model."""
+    v = p[key]
+    return v[i] if isinstance(v, list) else v
+
+
+def _check_per_model(job: MergeJob, p: dict, keys=("k", "gamma")) -> None:
+    for src in [p, *(p.get("tensor_params") or {}).values()]:
+        for key in keys:
+            if isinstance(src.get(key), list) and len(src[key]) != job.n:
+                raise TiesnbError(f"'{key}' has {len(src[key])} values but there are {job.n} models")
+
+
+def _check_tensor_names(job: MergeJob, p: dict) -> None:
+    over = p.get("tensor_params") or {}
+    unknown = sorted(set(over) - set(job.merged))
+    if unknown:
+        raise TiesnbError(f"'tensor_params' names {len(unknown)} tensor(s) that are not merged parameters: "
+                          f"{', '.join(map(repr, unknown[:5]))}")
+    for name, o in over.items():
+        if "weights" in o:
+            _weights(job, o)
+
+
 # ----------------------------------------------------------------------------------------------
 # average and task arithmetic: one pass, no statistics
 
@@ -43,12 +73,16 @@ class Average:
     """The mean of the fine-tuned weights (a model soup), optionally weighted: Σ w_t θ_t / Σ w_t."""
 
     def prepare(self, job: MergeJob, p: dict) -> Any:
-        w = _weights(job, p)
-        if w is not None and float(w.sum()) == 0:
-            raise TiesnbError("'weights' of method 'average' sum to 0")
-        return w
+        _check_tensor_names(job, p)
+        for name, o in [("", p), *(p.get("tensor_params") or {}).items()]:
+            w = _weights(job, o)
+            if w is not None and float(w.sum()) == 0:
+                raise TiesnbError(f"'weights' of method 'average' sum to 0{f' for {name!r}' if name else ''}")
+        return _weights(job, p)
 
     def tensor(self, job: MergeJob, p: dict, w, name: str) -> Iterator[torch.Tensor]:
+        if p.get("tensor_params") and name in p["tensor_params"]:
+            w = _weights(job, for_tensor(p, name))
         for start, stop in job.ranges(name):
             _, X = job.read_chunk(name, start, stop, delta=False)
             if w is None:
@@ -61,9 +95,13 @@ class TaskArithmetic:
     """θ0 + λ Σ_t w_t τ_t (Ilharco et al. 2023): a plain sum of task vectors, scaled."""
 
     def prepare(self, job: MergeJob, p: dict) -> Any:
+        _check_tensor_names(job, p)
         return _weights(job, p)
 
     def tensor(self, job: MergeJob, p: dict, w, name: str) -> Iterator[torch.Tensor]:
+        if p.get("tensor_params") and name in p["tensor_params"]:
+            p = for_tensor(p, name)
+            w = _weights(job, p)
         lam = p["lam"]
         for start, stop in job.ranges(name):
             base, D = job.read_chunk(name, start, stop)
@@ -158,6 +196,7 @@ class _Trimmer:
     def __init__(self, impl: "SparseMerge", job: MergeJob, p: dict, cuts=None, scope: _Scope | None = None,
                  per_tensor: bool = False, defer: bool = False):
         self.impl, self.job, self.p = impl, job, p
+        self.tp = p  # the current tensor's parameters (see for_tensor)
         self.per_tensor, self.defer = per_tensor, defer
         self.set_cuts(cuts, scope)
 
@@ -176,11 +215,12 @@ class _Trimmer:
         self.extra_left = None if cuts is None else [[c.extra for c in cs] for cs in cuts]
 
     def begin(self, name: str) -> None:
+        self.tp = for_tensor(self.p, name)
         if self.per_tensor:
             self.job.hold(name)  # statistics and merge of this tensor then read the files once
-            sel = self.impl.select(self.job, self.p, [name], None)
+            sel = self.impl.select(self.job, self.tp, [name], None)
             if any(s.stage == 2 for row in sel for s in row):
-                if self.defer and self.impl.can_defer(self.p, sel, self.job):
+                if self.defer and self.impl.can_defer(self.tp, sel, self.job):
                     scope = _Scope([row[0] for row in sel], self.job, self.p.get("signs") is not None)
                     self.set_cuts(None, scope)
                     return
@@ -218,10 +258,11 @@ class _Trimmer:
                 self._top(D[i], inner, i, 1)
                 T[i].sub_(inner)
             elif mode == "random":
-                keep = K.keep_random(self.impl.rng_key(self.p, i, name), start, stop, self.p["k"], D.device)
+                k = per_model(self.tp, "k", i)
+                keep = K.keep_random(self.impl.rng_key(self.p, i, name), start, stop, k, D.device)
                 torch.mul(D[i], keep, out=T[i])
-                if self.p["rescale"] and self.p["k"] > 0:
-                    T[i].div_(self.p["k"])
+                if self.p["rescale"] and k > 0:
+                    T[i].div_(k)
         return T
 
     def _fused_args(self):
@@ -290,12 +331,16 @@ class SparseMerge:
     are this with different switches."""
 
     # ---- statistics
-    def counts(self, p: dict, d: int) -> list[int]:
+    def counts(self, p: dict, d: int, i: int) -> list[int]:
+        """Model ``i``'s entries kept by the trim of ``d`` entries (band: the outer and inner counts)."""
+        k = per_model(p, "k", i)
         if p["sparsify"] == "magnitude":
-            return [top_count(p["k"], d, p["count"])]
-        # band: keep ranks (γd, γd + kd]: the top (γ + k) minus the top γ
-        g = top_count(p["gamma"], d, "floor")
-        return [min(d, g + top_count(p["k"], d, "floor")), g]
+            return [top_count(k, d, p["count"])]
+        # band: keep ranks (γd, γd + kd]: the top (γ + k) minus the top γ; where γ + k > 1 fewer of the
+        # largest are dropped, so that k is always kept (mergekit's rule; k = 1 keeps everything)
+        K = top_count(k, d, "floor")
+        g = min(top_count(per_model(p, "gamma", i), d, "floor"), d - K)
+        return [g + K, g]
 
     def rng_key(self, p: dict, i: int, name: str) -> int:
         return zlib.crc32(f"{p['seed']}|{i}|{name}".encode()) | (zlib.crc32(f"{name}|{i}|{p['seed']}".encode()) << 32)
@@ -340,8 +385,8 @@ class SparseMerge:
         """Per model, the radix selection(s) of its top-K over ``names`` (all merged parameters
         for the global trim, one tensor for per-tensor), after the first histogram pass."""
         d = sum(job.specs[n].numel * job.multiplicity.get(n, 1) for n in names)
-        sel = [[TopK(c, p["ties"], device=job.device, low_bits=job.bf16_inputs) for c in self.counts(p, d)]
-               for _ in range(job.n)]
+        sel = [[TopK(c, p["ties"], device=job.device, low_bits=job.bf16_inputs) for c in self.counts(p, d, i)]
+               for i in range(job.n)]
         self._pass(job, sel, names, desc and f"{desc}, pass 1", 1)
         return sel
 
@@ -361,6 +406,11 @@ class SparseMerge:
             raise TiesnbError("disjoint='max' needs an elected sign; elect is 'none'")
         if p["ties"] == "index" and any(m > 1 for m in job.multiplicity.values()):
             raise TiesnbError("ties='index' cannot be combined with parameters counted more than once; use ties='keep'")
+        _check_tensor_names(job, p)
+        _check_per_model(job, p)
+        if p.get("tensor_params") and p["trim"] == "global" and p["sparsify"] != "random":
+            raise TiesnbError("'tensor_params' (values for some tensors) needs trim='per_tensor': a global trim "
+                              "takes one cut over the whole model")
         w = _weights(job, p)
         signs = None
         if p.get("signs") is not None:
@@ -434,10 +484,13 @@ class SparseMerge:
             return K.elect_normmass(T, state.sq_norms)
         raise ValueError(e)
 
+    @staticmethod
+    def _tensor_weights(job: MergeJob, p: dict, state: SparseState, name: str) -> torch.Tensor | None:
+        return _weights(job, p) if name in (p.get("tensor_params") or {}) else state.weights
+
     def _combine(self, job: MergeJob, p: dict, state: SparseState, T: torch.Tensor, base: torch.Tensor,
-                 given: torch.Tensor | None) -> torch.Tensor:
-        """Merged values of trimmed columns ``T`` (n, C): weights, election, disjoint merge, λ."""
-        w = state.weights
+                 given: torch.Tensor | None, w: torch.Tensor | None) -> torch.Tensor:
+        """Merged values of trimmed columns ``T`` (n, C): weights ``w``, election, disjoint merge, λ."""
         before = w is not None and p["weighted_election"]
         value_w = w if (w is not None and not before) else None
         if before:
@@ -457,10 +510,12 @@ class SparseMerge:
         """Whether the merge pass can take the compiled kernel (:mod:`.fused`): TIES with a
         magnitude trim, the election by mass, no weights, no given signs."""
         return (fused.available(job.device) and p["sparsify"] == "magnitude" and p["elect"] == "mass"
-                and state.weights is None and state.signs is None and p["zero_sign"] in ("zero", "positive")
+                and p.get("weights") is None and state.signs is None and p["zero_sign"] in ("zero", "positive")
                 and p["disjoint"] in fused.DISJOINT)
 
     def tensor(self, job: MergeJob, p: dict, state: SparseState, name: str) -> Iterator[torch.Tensor]:
+        p = for_tensor(p, name)
+        w = self._tensor_weights(job, p, state, name)
         trim = state.trim
         trim.begin(name)
         scope = trim.scope
@@ -489,7 +544,7 @@ class SparseMerge:
             idx = trim.uncertain(D, T)
             if idx is not None and idx.numel():
                 scope.add(name, idx, start, D, base, given)
-            yield self._combine(job, p, state, T, base, given)
+            yield self._combine(job, p, state, T, base, given, w)
         if trim.per_tensor and scope is not None:
             scope.complete = True
         job.hold(None)
@@ -504,6 +559,9 @@ class SparseMerge:
             M = scope.size
             if not M:
                 continue
+            # a per-tensor scope holds one tensor: its own parameters (global trim has no tensor_params)
+            sp = for_tensor(p, scope.segments[0][0])
+            w = self._tensor_weights(job, sp, state, scope.segments[0][0])
             mult = job.multiplicity
             for i, sel in enumerate(scope.sel):
                 if sel.stage == 2:  # every entry of the undecided bin is in the set-aside columns
@@ -522,7 +580,7 @@ class SparseMerge:
                 D = scope.vals[:, a:b].contiguous()
                 T = exact("", 0, 0, D)
                 given = None if scope.signs is None else scope.signs[a:b]
-                out[a:b] = self._combine(job, p, state, T, scope.base[a:b], given)
+                out[a:b] = self._combine(job, sp, state, T, scope.base[a:b], given, w)
             for name, a, b in scope.segments:
                 for target in [name] + [x for x, src in job.alias_of.items() if src == name]:
                     sink.patch(target, scope.pos[a:b], out[a:b])
@@ -622,19 +680,26 @@ class RegMean:
 # ----------------------------------------------------------------------------------------------
 # registration
 
-_unit = lambda v: 0 < v <= 1  # noqa: E731
+_frac = lambda v: 0 <= v <= 1  # noqa: E731  (k = 0 keeps nothing, as mergekit's density 0)
 _unit0 = lambda v: 0 <= v < 1  # noqa: E731
+TENSOR_PARAMS = Param(None, "values for some tensors: {tensor name: {parameter: value}} over the ones above "
+                      "(mergekit's layer gradients and filters; per-tensor trims only)", "tensor_params")
+
+
+def _k(default: float, doc: str) -> Param:
+    return Param(default, doc + "; one number, or one per model", "per_model", check=_frac, rule="0 <= k <= 1")
 LAM = Param(1.0, "scaling λ of the merged task vector: θ = θ0 + λ τ_m")
 WEIGHTS = Param(None, "one weight per model (default: all 1)", "weights")
 
 register(Method("average", "mean of the fine-tuned weights (model soup); no task vectors, no λ",
-                {"weights": Param(None, "one weight per model for a weighted mean (default: plain mean)", "weights")},
-                Average()))
+                {"weights": Param(None, "one weight per model for a weighted mean (default: plain mean)", "weights"),
+                 "tensor_params": TENSOR_PARAMS},
+                Average(), per_tensor=("weights",)))
 
 register(Method("task_arithmetic", "θ0 + λ Σ_t w_t (θ_t − θ0) (Ilharco et al. 2023)",
                 {"lam": Param(1.0, "scaling λ of the summed task vectors (paper default without validation: 0.4)"),
-                 "weights": WEIGHTS},
-                TaskArithmetic()))
+                 "weights": WEIGHTS, "tensor_params": TENSOR_PARAMS},
+                TaskArithmetic(), per_tensor=("weights", "lam")))
 
 _SPARSE = SparseMerge()
 _ties_presets = {
@@ -661,6 +726,7 @@ _COMMON = {
     "lam": LAM,
     "weights": WEIGHTS,
     "weighted_election": Param(False, "apply the weights before the election (mergekit) rather than after (peft)", "bool"),
+    "tensor_params": TENSOR_PARAMS,
 }
 _ELECT = {
     "elect": Param("mass", "sign election: mass = sign(Σ τ̂) (paper); count = majority vote; normfrac, "
@@ -687,39 +753,44 @@ register(Method(
     "coordinate, average the agreeing entries, scale by λ",
     {"preset": Param("paper", "sets every switch as one implementation does: paper, original, "
                      "fusionbench, mergekit, peft (explicit parameters override it)", "choice", tuple(_ties_presets)),
-     "k": Param(0.2, "fraction of each task vector kept (paper default 0.2)", check=_unit, rule="0 < k <= 1"),
+     "k": _k(0.2, "fraction of each task vector kept (paper default 0.2)"),
      **_TRIM,
      "count": Param("floor", "entries kept: floor = int(k·d); at_least_one = max(1, int(k·d)) (mergekit); "
                     "original = int(k·d) + 1 (the original's kthvalue)", "choice", ("floor", "at_least_one", "original")),
      **_ELECT, **_COMMON},
-    _SPARSE, fixed={"sparsify": "magnitude", "gamma": 0.0, "rescale": False, "seed": 0}, presets=_ties_presets))
+    _SPARSE, fixed={"sparsify": "magnitude", "gamma": 0.0, "rescale": False, "seed": 0}, presets=_ties_presets,
+    per_tensor=("k", "weights", "lam")))
 
 register(Method(
     "dare", "DARE (Yu et al. 2024): drop each task-vector entry with probability 1 − k, rescale "
     "the rest by 1/k, then task arithmetic",
-    {"k": Param(0.1, "fraction of entries kept (DARE's drop rate p = 1 − k)", check=_unit, rule="0 < k <= 1"),
+    {"k": _k(0.1, "fraction of entries kept (DARE's drop rate p = 1 − k)"),
      "rescale": Param(True, "divide the kept entries by k", "bool"),
      "seed": Param(0, "seed of the random drop (the mask is a function of seed, model, name, position)", "int"),
      **_COMMON},
     _SPARSE, fixed={"sparsify": "random", "elect": "none", "signs": None, "zero_sign": "zero",
-                    "disjoint": "sum", "trim": "per_tensor", "count": "floor", "ties": "index", "gamma": 0.0}))
+                    "disjoint": "sum", "trim": "per_tensor", "count": "floor", "ties": "index", "gamma": 0.0},
+    per_tensor=("k", "weights", "lam")))
 
 register(Method(
     "dare_ties", "DARE's random drop and rescale, then TIES's sign election and disjoint merge",
-    {"k": Param(0.1, "fraction of entries kept (drop rate p = 1 − k)", check=_unit, rule="0 < k <= 1"),
+    {"k": _k(0.1, "fraction of entries kept (drop rate p = 1 − k)"),
      "rescale": Param(True, "divide the kept entries by k", "bool"),
      "seed": Param(0, "seed of the random drop", "int"),
      **_ELECT, **_COMMON},
-    _SPARSE, fixed={"sparsify": "random", "trim": "per_tensor", "count": "floor", "ties": "index", "gamma": 0.0}))
+    _SPARSE, fixed={"sparsify": "random", "trim": "per_tensor", "count": "floor", "ties": "index", "gamma": 0.0},
+    per_tensor=("k", "weights", "lam")))
 
 register(Method(
     "breadcrumbs", "Model Breadcrumbs (Davari & Belilovsky 2024): drop the largest γ and the "
     "smallest magnitudes, keeping a fraction k, then task arithmetic",
-    {"k": Param(0.8, "fraction of entries kept", check=_unit, rule="0 < k <= 1"),
-     "gamma": Param(0.01, "fraction of largest-magnitude entries dropped", check=_unit0, rule="0 <= gamma < 1"),
+    {"k": _k(0.8, "fraction of entries kept"),
+     "gamma": Param(0.01, "fraction of largest-magnitude entries dropped (fewer where gamma + k > 1: k is always "
+                    "kept); one number, or one per model", "per_model",
+                    check=_unit0, rule="0 <= gamma < 1"),
      **_TRIM, **_COMMON},
     _SPARSE, fixed={"sparsify": "band", "count": "floor", "elect": "none", "signs": None, "zero_sign": "zero",
-                    "disjoint": "sum", "rescale": False, "seed": 0}))
+                    "disjoint": "sum", "rescale": False, "seed": 0}, per_tensor=("k", "gamma", "weights", "lam")))
 
 register(Method(
     "fisher", "Fisher merging (Matena & Raffel 2022): per-parameter weighted mean with diagonal Fishers",

@@ -19,8 +19,9 @@ class Param:
     """One parameter of a merge method.
 
     ``kind``: ``float``, ``int``, ``bool``, ``choice`` (one of ``choices``), ``weights`` (None or
-    one number per model), ``source`` (None, a state dict or a checkpoint path), ``sources``
-    (None or one of those per model).
+    one number per model), ``per_model`` (one number, or a list of one per model, each checked),
+    ``source`` (None, a state dict or a checkpoint path), ``sources`` (None or one of those per
+    model).
     """
 
     default: Any
@@ -57,6 +58,13 @@ class Param:
                     if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
                         raise TiesnbError(f"{where} must hold finite numbers, got {w!r}")
                 value = [float(w) for w in value]
+        elif k == "per_model":
+            if isinstance(value, (list, tuple)):
+                if not value:
+                    raise TiesnbError(f"{where} must be a number or a list of one number per model; got []")
+                value = [self.validate(method, name, v) for v in value]
+                return value  # each entry was checked
+            return Param(self.default, self.doc, "float", check=self.check, rule=self.rule).validate(method, name, value)
         elif k == "source":
             if value is not None and not isinstance(value, (Mapping, str, os.PathLike)) and not hasattr(value, "read_into"):
                 raise TiesnbError(f"{where} must be a state dict or a checkpoint path, got {type(value).__name__}")
@@ -84,6 +92,9 @@ class Method:
     impl: Any
     fixed: dict[str, Any] = field(default_factory=dict)
     presets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # parameters that may take other values for some tensors (``tensor_params``: mergekit's layer
+    # gradients and filters, translated to one value per tensor)
+    per_tensor: tuple[str, ...] = ()
 
     def resolve(self, given: Mapping[str, Any]) -> dict[str, Any]:
         """Every parameter's value: explicit ones, else the preset's, else the default."""
@@ -96,8 +107,29 @@ class Method:
             preset = self.params["preset"].validate(self.name, "preset", given.get("preset", values["preset"]))
             values.update(self.presets[preset])
         values.update(given)
-        out = {k: self.params[k].validate(self.name, k, v) for k, v in values.items()}
+        out = {k: self.params[k].validate(self.name, k, v) for k, v in values.items() if k != "tensor_params"}
+        if "tensor_params" in self.params:
+            out["tensor_params"] = self._tensor_params(values.get("tensor_params"))
         return {**out, **self.fixed}
+
+    def _tensor_params(self, value: Any) -> dict[str, dict[str, Any]] | None:
+        """``{tensor name: {parameter: value}}``, each value checked as the parameter itself."""
+        if value is None:
+            return None
+        if not isinstance(value, Mapping):
+            raise TiesnbError(f"parameter 'tensor_params' of method '{self.name}' must map tensor names to "
+                              f"{{parameter: value}}; got {type(value).__name__}")
+        out = {}
+        for tensor, over in value.items():
+            if not isinstance(over, Mapping):
+                raise TiesnbError(f"tensor_params['{tensor}'] of method '{self.name}' must be a mapping, got {over!r}")
+            bad = sorted(set(over) - set(self.per_tensor))
+            if bad:
+                raise TiesnbError(f"tensor_params['{tensor}']: {', '.join(map(repr, bad))} cannot vary by tensor in "
+                                  f"method '{self.name}'; these can: {', '.join(self.per_tensor) or 'none'}")
+            out[str(tensor)] = {k: self.params[k].validate(self.name, f"{k}' of tensor '{tensor}", v)
+                                for k, v in over.items()}
+        return out
 
     def describe(self) -> str:
         lines = [f"{self.name}: {self.doc}"]
