@@ -359,7 +359,9 @@ class SafetensorsWriter:
         self._file_index = -1
 
     def _open(self, shard: int):
-        if self._file is not None:
+        if self._file is not None:  # the previous shard, on disk before the next is begun
+            self._file.flush()
+            os.fsync(self._file.fileno())
             self._file.close()
         self._file = open(self.folder / self.shard_files[shard], "wb")
         self._file.write(self._headers[shard])

@@ -123,14 +123,13 @@ class MergeJob:
         self._verified: set[str] = set()
         self._held: tuple[str, torch.Tensor, torch.Tensor] | None = None
         self._scratch: dict[str, torch.Tensor] = {}
-        self._buf = torch.empty(self.n * self.chunk, dtype=torch.float32)
-        self._bbuf = torch.empty(self.chunk, dtype=torch.float32)
+        # a chunk's base and models as (n + 1, C) float32 rows, the base in row 0
+        self._rows = torch.empty((self.n + 1) * self.chunk, dtype=torch.float32)
         # bf16 inputs on CPU: read as they are stored, then convert and subtract in one compiled pass
         self._raw = torch.empty((self.n + 1) * self.chunk, dtype=torch.bfloat16) \
             if self.bf16_inputs and fused.available(self.device) else None
         if self.device.type == "cuda":
-            self._buf = self._buf.pin_memory()
-            self._bbuf = self._bbuf.pin_memory()
+            self._rows = self._rows.pin_memory()
 
     # ------------------------------------------------------------------ checks
     def _check_models(self) -> None:
@@ -209,7 +208,8 @@ class MergeJob:
         if delta and self._held is not None and self._held[0] == name:
             _, hb, hX = self._held
             return hb[start:stop], hX[:, start:stop]
-        base, X = self._bbuf[:C], self._buf[: self.n * C].view(self.n, C)  # contiguous rows
+        R = self._rows[: (self.n + 1) * C].view(self.n + 1, C)
+        base, X = R[0], R[1:]  # contiguous rows
         if delta and self._raw is not None:
             fused.bf16_delta(self._read_raw(name, start, stop), base, X)
             if name not in self._verified:  # a non-finite weight gives a non-finite difference
@@ -241,6 +241,30 @@ class MergeJob:
         for i, src in enumerate([self.base, *self.models]):
             src.read_into(name, start, stop, raw[i])
         return raw
+
+    def stored_rows(self, name: str, start: int, stop: int) -> torch.Tensor | None:
+        """The chunk for the compiled one-pass kernels (:func:`.fused.linear`): ``(n + 1, C)``, the
+        base in row 0 — bf16 as stored when every input is bf16, else float32. Unchecked (see
+        :meth:`check_rows`). None when the compiled kernels are off or the device is not the CPU."""
+        if not fused.available(self.device):
+            return None
+        if self._raw is not None:
+            return self._read_raw(name, start, stop)
+        C = stop - start
+        R = self._rows[: (self.n + 1) * C].view(self.n + 1, C)
+        for i, src in enumerate([self.base, *self.models]):
+            src.read_into(name, start, stop, R[i])
+        return R
+
+    def check_rows(self, name: str, start: int, stop: int, R: torch.Tensor) -> None:
+        """A kernel found a value that may not be finite in a chunk of :meth:`stored_rows`: raise
+        naming the input that holds it (an overflow of finite inputs passes)."""
+        if R.dtype == torch.bfloat16:
+            self._verified.discard(name)
+            self.read_chunk(name, start, stop)  # widened and checked: raises naming the input
+            return
+        self._verified.discard(name)
+        self._verify(name, R[0], R[1:])
 
     def contiguous(self, D: torch.Tensor) -> torch.Tensor:
         """``D`` with contiguous rows (a chunk of a held tensor is a column slice): the compiled

@@ -259,6 +259,83 @@ if numba is not None:
                 used[i] += left[i] - rest[b, i]
 
 
+    @njit(inline="always")
+    def _linear_tile(R, r0, t0, m, bt, w, lam, mode, inv, out):  # pragma: no cover - compiled
+        """One tile of :func:`linear`: models' float32 weights in rows ``r0…`` of ``R``, columns
+        ``t0 … t0 + m``; ``bt`` the base's."""
+        n = w.shape[0]
+        if mode == 0:  # task arithmetic: b + λ Σ_i w_i (x_i − b), summed in model order
+            r = R[r0, t0:t0 + m]  # a row slice of a C-contiguous array: the loops vectorize
+            w0 = w[0]
+            for k in range(m):
+                out[k] = (r[k] - bt[k]) * w0
+            for i in range(1, n):
+                r = R[r0 + i, t0:t0 + m]
+                wi = w[i]
+                for k in range(m):
+                    out[k] += (r[k] - bt[k]) * wi
+            for k in range(m):
+                out[k] = bt[k] + lam * out[k]
+        else:  # average: Σ_i w_i x_i / W
+            r = R[r0, t0:t0 + m]
+            w0 = w[0]
+            for k in range(m):
+                out[k] = r[k] * w0
+            for i in range(1, n):
+                r = R[r0 + i, t0:t0 + m]
+                wi = w[i]
+                for k in range(m):
+                    out[k] += r[k] * wi
+            for k in range(m):
+                out[k] = out[k] / inv
+
+    @njit(inline="always")
+    def _exponent_max(x, m):  # pragma: no cover - compiled
+        """The largest exponent field of float32 numbers ``x[:m]`` (0x7F800000: an inf or NaN)."""
+        bits = x[:m].view(np.uint32)
+        e = np.uint32(0)
+        for k in range(m):
+            e = max(e, bits[k] & np.uint32(0x7F800000))
+        return e
+
+    @njit(cache=True, nogil=True, parallel=True)
+    def _linear(X, w, lam, mode, inv, out, bad, blocks):  # pragma: no cover - compiled
+        n, C = X.shape[0] - 1, X.shape[1]
+        for b in prange(blocks):
+            lo, hi = b * C // blocks, (b + 1) * C // blocks
+            e = np.uint32(0)
+            for t0 in range(lo, hi, TILE):
+                m = min(TILE, hi - t0)
+                _linear_tile(X, 1, t0, m, X[0, t0:t0 + m], w, lam, mode, inv, out[t0:t0 + m])
+                e = max(e, _exponent_max(out[t0:t0 + m], m))
+                if mode == 1:  # the base is not in an average: check it too
+                    e = max(e, _exponent_max(X[0, t0:t0 + m], m))
+            bad[b] = e == np.uint32(0x7F800000)
+
+    @njit(cache=True, nogil=True, parallel=True)
+    def _linear_bf16(raw, w, lam, mode, inv, out, bad, blocks):  # pragma: no cover - compiled
+        n, C = raw.shape[0] - 1, raw.shape[1]
+        for b in prange(blocks):
+            lo, hi = b * C // blocks, (b + 1) * C // blocks
+            rows = np.empty((n, TILE), np.float32)
+            bt = np.empty(TILE, np.float32)
+            bits = np.empty(TILE, np.uint32)
+            f = bits.view(np.float32)
+            nonfinite = False
+            for t0 in range(lo, hi, TILE):
+                m = min(TILE, hi - t0)
+                nonfinite |= _widen(raw[0, t0:t0 + m], bits, m)
+                for k in range(m):
+                    bt[k] = f[k]
+                for i in range(n):
+                    nonfinite |= _widen(raw[i + 1, t0:t0 + m], bits, m)
+                    ri = rows[i]
+                    for k in range(m):
+                        ri[k] = f[k]
+                _linear_tile(rows, 0, 0, m, bt, w, lam, mode, inv, out[t0:t0 + m])
+            bad[b] = nonfinite
+
+
 def histogram(D: torch.Tensor, hist: np.ndarray, low_bits: bool, times: int = 1) -> None:
     """Add the key counts of ``|D|`` (n, C float32) to ``hist`` (blocks, n, keys) int64: key =
     the top 16 bits of the float32 ``|x|``, plus 32,768 when ``low_bits`` and its low 16 bits
@@ -312,3 +389,22 @@ def merge_bf16(raw: torch.Tensor, thr, tie, left, low, zero_positive: bool, disj
     _merge_bf16(raw.view(torch.int16).numpy().view(np.uint16), thr, tie, left, low, zero_positive,
                 DISJOINT[disjoint], np.float32(lam), out.numpy(), flags.numpy(), used, blocks or _threads())
     return used
+
+
+LINEAR = {"task_arithmetic": 0, "average": 1}
+
+
+def linear(rows: torch.Tensor, kind: str, w: np.ndarray, lam: float, divisor: float, out: torch.Tensor) -> bool:
+    """Task arithmetic (``b + λ Σ_i w_i (x_i − b)``) or a weighted average (``Σ_i w_i x_i / divisor``)
+    of one chunk in one pass: ``rows`` (n + 1, C), the base in row 0, float32 — or bf16 as stored,
+    widened inside the kernel. The float32 operations and their order are those of the torch path
+    (``rowsum`` of the weighted differences, then ``b + λ·``), so the results are equal bit for bit.
+    Returns False when some output or input may not be finite (the caller then checks the chunk
+    the ordinary way, which names the input, or accepts an overflow of finite inputs)."""
+    bad = np.zeros(_threads(), np.bool_)
+    args = (w.astype(np.float32), np.float32(lam), LINEAR[kind], np.float32(divisor), out.numpy(), bad, len(bad))
+    if rows.dtype == torch.bfloat16:
+        _linear_bf16(rows.view(torch.int16).numpy().view(np.uint16), *args)
+    else:
+        _linear(rows.numpy(), *args)
+    return not bad.any()

@@ -69,6 +69,30 @@ def _check_tensor_names(job: MergeJob, p: dict) -> None:
 # average and task arithmetic: one pass, no statistics
 
 
+# Speed: both read each input once; on CPU one compiled pass per chunk (fused.linear) reads the
+# stored numbers (bf16 widened in the kernel) and writes the merged values, in the torch path's
+# float32 operations and order, so the two give the same bits (tested). The torch path remains
+# for other devices and without numba.
+FUSED_LINEAR = True
+
+
+def _linear(job: MergeJob, name: str, kind: str, w: torch.Tensor | None, lam: float,
+            divisor: float) -> Iterator[torch.Tensor] | None:
+    """The compiled chunks of a task arithmetic or average merge of ``name``, or None."""
+    if not (FUSED_LINEAR and fused.available(job.device)):
+        return None
+    weights = np.ones(job.n, np.float32) if w is None else w.cpu().numpy()
+
+    def chunks():
+        for start, stop in job.ranges(name):
+            R = job.stored_rows(name, start, stop)
+            out = job.scratch("merged", (stop - start,))
+            if not fused.linear(R, kind, weights, lam, divisor, out):
+                job.check_rows(name, start, stop, R)  # raises for a non-finite input
+            yield out
+    return chunks()
+
+
 class Average:
     """The mean of the fine-tuned weights (a model soup), optionally weighted: Σ w_t θ_t / Σ w_t."""
 
@@ -83,6 +107,10 @@ class Average:
     def tensor(self, job: MergeJob, p: dict, w, name: str) -> Iterator[torch.Tensor]:
         if p.get("tensor_params") and name in p["tensor_params"]:
             w = _weights(job, for_tensor(p, name))
+        fast = _linear(job, name, "average", w, 1.0, job.n if w is None else float(w.sum()))
+        if fast is not None:
+            yield from fast
+            return
         for start, stop in job.ranges(name):
             _, X = job.read_chunk(name, start, stop, delta=False)
             if w is None:
@@ -103,6 +131,10 @@ class TaskArithmetic:
             p = for_tensor(p, name)
             w = _weights(job, p)
         lam = p["lam"]
+        fast = _linear(job, name, "task_arithmetic", w, lam, 1.0)
+        if fast is not None:
+            yield from fast
+            return
         for start, stop in job.ranges(name):
             base, D = job.read_chunk(name, start, stop)
             tv = K.rowsum(D if w is None else D * w.unsqueeze(1))
