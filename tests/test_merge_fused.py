@@ -146,3 +146,58 @@ def test_bf16_merge_kernel_equals_the_float32_one(blocks):
     assert torch.equal(out, want) and used.tolist() == want_used.tolist() and used[1] > 0
     with pytest.raises(ValueError, match="run out"):
         fused.merge_bf16(raw, thr, tie, np.array([0, 5, 0, 0], np.int64), low, False, "mean", 0.5, out, flags)
+
+
+# ---------------------------------------------------------------------------------------------
+# task arithmetic and averaging in one compiled pass (fused.linear)
+
+
+def _in_dtype(state, dtype):
+    return {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in state.items()}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("method, params", [
+    ("task_arithmetic", {"lam": 0.37}), ("task_arithmetic", {"lam": 1.3, "weights": [0.1, 2, 0.3, -1, 0.5]}),
+    ("average", {}), ("average", {"weights": [0.1, 2, 0.3, 1, 0.5]}),
+])
+def test_linear_kernel_equals_the_torch_path_bit_for_bit(monkeypatch, dtype, method, params):
+    from tiesnb.merge import methods
+
+    fused._k()  # loaded: the compiled pass then runs for float32 inputs too
+    base, models = make_models(5, seed=3)
+    base, models = _in_dtype(base, dtype), [_in_dtype(m, dtype) for m in models]
+    fast = merge(method, base, models, dtype="float32", chunk=1000, **params)  # chunks end inside tiles
+    monkeypatch.setattr(methods, "FUSED_LINEAR", False)
+    slow = merge(method, base, models, dtype="float32", chunk=1000, **params)
+    for n in fast:
+        assert torch.equal(fast[n], slow[n]) and (fast[n].view(-1)[:5].sign() == slow[n].view(-1)[:5].sign()).all(), n
+    # the torch path is the old expression: λ·Σ(w·τ) added to the base, rows summed in order
+    n = "layer0.w"
+    X = torch.stack([m[n].float() for m in models])
+    w = torch.tensor(params.get("weights", [1.0] * 5))
+    if method == "average":
+        want = K.rowsum(X * w[:, None, None]) / (w.sum() if "weights" in params else 5)
+    else:
+        D = X - base[n].float()
+        want = base[n].float() + params["lam"] * K.rowsum(D * w[:, None, None] if "weights" in params else D)
+    assert torch.equal(slow[n], want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_linear_kernel_names_a_non_finite_input_and_lets_an_overflow_pass(dtype):
+    fused._k()
+    base, models = make_models(3, seed=4)
+    base, models = _in_dtype(base, dtype), [_in_dtype(m, dtype) for m in models]
+    bad = [dict(m) for m in models]
+    bad[2]["layer1.w"] = bad[2]["layer1.w"].clone()
+    bad[2]["layer1.w"].view(-1)[17] = float("nan")
+    for method in ("task_arithmetic", "average"):
+        with pytest.raises(Exception, match="model 2"):
+            merge(method, base, bad)
+    huge = [dict(m) for m in models]  # finite inputs whose sum overflows float32: no error, inf out
+    if dtype == torch.float32:
+        for m in huge:
+            m["layer1.w"] = torch.full_like(m["layer1.w"], 3e38)
+        out = merge("task_arithmetic", base, huge, lam=1.0)
+        assert torch.isinf(out["layer1.w"]).all()

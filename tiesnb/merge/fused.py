@@ -24,18 +24,14 @@ numba, or with ``TIESNB_FUSED=0``, the engine uses the torch kernels alone.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import numpy as np
 import torch
 
-try:  # an optional speed-up: everything works without it
-    import numba
-    from numba import njit, prange
-except ImportError:  # pragma: no cover - numba is a dependency; kept working without it
-    numba = None
-
-ENABLED = numba is not None and os.environ.get("TIESNB_FUSED", "1") != "0"
+# an optional speed-up: everything works without numba; it is imported on first use
+ENABLED = importlib.util.find_spec("numba") is not None and os.environ.get("TIESNB_FUSED", "1") != "0"
 
 # the disjoint merges the kernel does (others take the torch path)
 DISJOINT = {"mean": 0, "sum": 1, "mean_all": 2}
@@ -45,295 +41,30 @@ def available(device: torch.device | str = "cpu") -> bool:
     return ENABLED and torch.device(device).type == "cpu"
 
 
+_KERNELS = None
+
+
+def _k():
+    """The compiled kernels (:mod:`.fused_kernels`), imported on first use."""
+    global _KERNELS
+    if _KERNELS is None:
+        from . import fused_kernels
+
+        _KERNELS = fused_kernels
+    return _KERNELS
+
+
+def loaded() -> bool:
+    """Whether the kernels are already imported (their start-up paid)."""
+    return _KERNELS is not None
+
+
 def _threads() -> int:
+    import numba
+
     t = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
     numba.set_num_threads(t)
     return t
-
-
-TILE = 1024  # merge: columns a thread works on at a time; (n, TILE) float32 stays in the L1/L2 cache
-BF16_TILE = 4096  # bf16 histogram: columns widened at a time
-
-if numba is not None:
-
-    @njit(inline="always")
-    def _widen(r, bits, w):  # pragma: no cover - compiled
-        """bf16 numbers ``r[:w]`` as the bit patterns of the float32 they equal (a bf16 number is
-        the top half of its float32) into ``bits``; True when one is inf or NaN (exponent all 1s)."""
-        nonfinite = False
-        for k in range(w):
-            bits[k] = np.uint32(r[k]) << np.uint32(16)
-            nonfinite |= (r[k] & 0x7F80) == 0x7F80
-        return nonfinite
-
-    @njit(inline="always")
-    def _tile_buffers(n):  # pragma: no cover - compiled
-        """A thread's work buffers for :func:`_merge_tile`: trimmed rows, sign, sum, count, flags."""
-        return (np.empty((n, TILE), np.float32), np.empty(TILE, np.float32), np.empty(TILE, np.float32),
-                np.empty(TILE, np.float32), np.empty(TILE, np.uint8))
-
-    @njit(cache=True, nogil=True, parallel=True)
-    def _histogram(bits, hist, blocks, low_bits, times):  # pragma: no cover - compiled
-        n, C = bits.shape
-        for b in prange(blocks):
-            lo, hi = b * C // blocks, (b + 1) * C // blocks
-            for i in range(n):
-                h = hist[b, i]
-                row = bits[i, lo:hi]  # a slice indexed from 0: no negative-index checks in the loop
-                for j in range(hi - lo):
-                    x = row[j] & 0x7FFFFFFF  # |x|: the sign bit cleared
-                    key = x >> 16
-                    if low_bits and (x & 0xFFFF) != 0:
-                        key |= 0x8000
-                    h[key] += times
-
-    @njit(cache=True, nogil=True, parallel=True)
-    def _histogram_bf16(raw, hist, low_bits, times, bad):  # pragma: no cover - compiled
-        n, C = raw.shape[0] - 1, raw.shape[1]
-        blocks = hist.shape[0]
-        for b in prange(blocks):
-            lo, hi = b * C // blocks, (b + 1) * C // blocks
-            bits = np.empty(BF16_TILE, np.uint32)
-            f = bits.view(np.float32)
-            fb = np.empty(BF16_TILE, np.float32)
-            nonfinite = False
-            for t0 in range(lo, hi, BF16_TILE):
-                w = min(BF16_TILE, hi - t0)
-                nonfinite |= _widen(raw[0, t0:t0 + w], bits, w)
-                for k in range(w):
-                    fb[k] = f[k]
-                for i in range(n):
-                    nonfinite |= _widen(raw[i + 1, t0:t0 + w], bits, w)
-                    for k in range(w):
-                        f[k] = f[k] - fb[k]
-                    h = hist[b, i]
-                    for k in range(w):
-                        x = bits[k] & np.uint32(0x7FFFFFFF)
-                        key = x >> np.uint32(16)
-                        if low_bits and (x & np.uint32(0xFFFF)) != 0:
-                            key |= np.uint32(0x8000)
-                        h[key] += times
-            bad[b] = nonfinite
-
-    @njit(cache=True, nogil=True, parallel=True)
-    def _bf16_delta(raw, base, D, blocks):  # pragma: no cover - compiled
-        n, C = D.shape
-        for b in prange(blocks):
-            lo, hi = b * C // blocks, (b + 1) * C // blocks
-            w = hi - lo
-            bits = np.empty(w, np.uint32)
-            f = bits.view(np.float32)
-            fb = base[lo:hi]  # slices, indexed from 0: the loops then vectorize
-            _widen(raw[0, lo:hi], bits, w)
-            for k in range(w):
-                fb[k] = f[k]
-            for i in range(n):
-                _widen(raw[i + 1, lo:hi], bits, w)
-                Di = D[i, lo:hi]
-                for k in range(w):
-                    Di[k] = f[k] - fb[k]
-
-    @njit(cache=True, nogil=True)
-    def _merge_tile(D, t0, w, bt, thr, tie, rem, low, zero_positive, disjoint, lam, T, S, num, cnt, fl, o, fo):  # pragma: no cover
-        """TIES on the ``w`` columns of task vectors ``D`` (n, ·) from ``t0``, base ``bt``; merged
-        values to ``o``, set-aside flags to ``fo``; ``rem``: the ties each model may still keep."""
-        n = D.shape[0]
-        nf = np.float32(n)
-        one = np.float32(1.0)
-        zero = np.float32(0.0)
-        S[:w] = zero
-        fl[:w] = 0
-        for i in range(n):  # trim row i, then add it: the sum runs over the models in order
-            row = D[i, t0:t0 + w]  # a row slice of a C-contiguous array: contiguous, the loops vectorize
-            Ti = T[i]
-            th = thr[i]
-            tv = tie[i]
-            if rem[i] >= w:  # every tie of the tile is kept: one branch-free loop
-                c = 0
-                for j in range(w):
-                    x = row[j]
-                    a = abs(x)
-                    Ti[j] = x if (a > th) | (a == tv) else zero
-                    c += a == tv
-                rem[i] -= c
-            else:
-                for j in range(w):
-                    x = row[j]
-                    Ti[j] = x if abs(x) > th else zero
-                if rem[i] > 0:  # the last ties to keep fall in this tile, in flat order
-                    for j in range(w):
-                        if rem[i] > 0 and Ti[j] == zero and abs(row[j]) == tv:
-                            Ti[j] = row[j]
-                            rem[i] -= 1
-            if low[i] >= 0:  # not kept, though in the undecided bin (low > 0, so x != 0)
-                lw = low[i]
-                for j in range(w):
-                    fl[j] |= (Ti[j] == zero) & (abs(row[j]) >= lw)
-            for j in range(w):
-                S[j] += Ti[j]
-        for j in range(w):  # the elected sign, kept in S
-            v = S[j]
-            sg = one if v > zero else (-one if v < zero else zero)
-            if zero_positive and sg == zero:
-                sg = one
-            S[j] = sg
-            num[j] = zero
-            cnt[j] = zero
-        for i in range(n):  # the agreeing entries' magnitudes, summed in model order
-            Ti = T[i]
-            for j in range(w):
-                r = Ti[j] * S[j]
-                num[j] += r if r > zero else zero
-                cnt[j] += one if r > zero else zero
-        for j in range(w):
-            m = num[j] * S[j]
-            if disjoint == 0:
-                m = m / (cnt[j] if cnt[j] > one else one)
-            elif disjoint == 2:
-                m = m / nf
-            o[j] = bt[j] + lam * m
-            fo[j] = fl[j]
-
-    @njit(cache=True, nogil=True, parallel=True)
-    def _merge(D, base, thr, tie, left, low, zero_positive, disjoint, lam, out, flags, used, blocks):  # pragma: no cover
-        n, C = D.shape
-        # the deterministic tie rule keeps the first `left[i]` entries equal to `tie[i]` in flat
-        # order: when the chunk could exhaust them, count each block's ties first, so every block
-        # knows how many the earlier blocks took
-        start = np.zeros((blocks, n), np.int64)
-        counts = np.zeros((blocks, n), np.int64)
-        for b in prange(blocks - 1):
-            lo, hi = b * C // blocks, (b + 1) * C // blocks
-            for i in range(n):
-                if 0 < left[i] < C:
-                    c = 0
-                    tv = tie[i]
-                    row = D[i, lo:hi]
-                    for j in range(hi - lo):
-                        c += abs(row[j]) == tv
-                    counts[b, i] = c
-        for i in range(n):
-            rem = left[i]
-            for b in range(blocks):
-                start[b, i] = rem
-                rem = max(rem - counts[b, i], 0)
-        rest = start.copy()
-        for b in prange(blocks):
-            lo, hi = b * C // blocks, (b + 1) * C // blocks
-            T, S, num, cnt, fl = _tile_buffers(n)
-            for t0 in range(lo, hi, TILE):
-                w = min(TILE, hi - t0)
-                _merge_tile(D, t0, w, base[t0:t0 + w], thr, tie, rest[b], low, zero_positive, disjoint,
-                            lam, T, S, num, cnt, fl, out[t0:t0 + w], flags[t0:t0 + w])
-        for i in range(n):
-            for b in range(blocks):
-                used[i] += start[b, i] - rest[b, i]
-
-    @njit(cache=True, nogil=True, parallel=True)
-    def _merge_bf16(raw, thr, tie, left, low, zero_positive, disjoint, lam, out, flags, used, blocks):  # pragma: no cover
-        # `left[i]` is 0 or at least the chunk's width: no block can exhaust the ties
-        n, C = raw.shape[0] - 1, raw.shape[1]
-        rest = np.empty((blocks, n), np.int64)
-        for b in prange(blocks):
-            lo, hi = b * C // blocks, (b + 1) * C // blocks
-            rest[b] = left
-            Dt = np.empty((n, TILE), np.float32)
-            bt = np.empty(TILE, np.float32)
-            bits = np.empty(TILE, np.uint32)
-            f = bits.view(np.float32)
-            T, S, num, cnt, fl = _tile_buffers(n)
-            for t0 in range(lo, hi, TILE):
-                w = min(TILE, hi - t0)
-                _widen(raw[0, t0:t0 + w], bits, w)
-                for k in range(w):
-                    bt[k] = f[k]
-                for i in range(n):
-                    _widen(raw[i + 1, t0:t0 + w], bits, w)
-                    di = Dt[i]
-                    for k in range(w):
-                        di[k] = f[k] - bt[k]
-                _merge_tile(Dt, 0, w, bt, thr, tie, rest[b], low, zero_positive, disjoint,
-                            lam, T, S, num, cnt, fl, out[t0:t0 + w], flags[t0:t0 + w])
-        for i in range(n):
-            for b in range(blocks):
-                used[i] += left[i] - rest[b, i]
-
-
-    @njit(inline="always")
-    def _linear_tile(R, r0, t0, m, bt, w, lam, mode, inv, out):  # pragma: no cover - compiled
-        """One tile of :func:`linear`: models' float32 weights in rows ``r0…`` of ``R``, columns
-        ``t0 … t0 + m``; ``bt`` the base's."""
-        n = w.shape[0]
-        if mode == 0:  # task arithmetic: b + λ Σ_i w_i (x_i − b), summed in model order
-            r = R[r0, t0:t0 + m]  # a row slice of a C-contiguous array: the loops vectorize
-            w0 = w[0]
-            for k in range(m):
-                out[k] = (r[k] - bt[k]) * w0
-            for i in range(1, n):
-                r = R[r0 + i, t0:t0 + m]
-                wi = w[i]
-                for k in range(m):
-                    out[k] += (r[k] - bt[k]) * wi
-            for k in range(m):
-                out[k] = bt[k] + lam * out[k]
-        else:  # average: Σ_i w_i x_i / W
-            r = R[r0, t0:t0 + m]
-            w0 = w[0]
-            for k in range(m):
-                out[k] = r[k] * w0
-            for i in range(1, n):
-                r = R[r0 + i, t0:t0 + m]
-                wi = w[i]
-                for k in range(m):
-                    out[k] += r[k] * wi
-            for k in range(m):
-                out[k] = out[k] / inv
-
-    @njit(inline="always")
-    def _exponent_max(x, m):  # pragma: no cover - compiled
-        """The largest exponent field of float32 numbers ``x[:m]`` (0x7F800000: an inf or NaN)."""
-        bits = x[:m].view(np.uint32)
-        e = np.uint32(0)
-        for k in range(m):
-            e = max(e, bits[k] & np.uint32(0x7F800000))
-        return e
-
-    @njit(cache=True, nogil=True, parallel=True)
-    def _linear(X, w, lam, mode, inv, out, bad, blocks):  # pragma: no cover - compiled
-        n, C = X.shape[0] - 1, X.shape[1]
-        for b in prange(blocks):
-            lo, hi = b * C // blocks, (b + 1) * C // blocks
-            e = np.uint32(0)
-            for t0 in range(lo, hi, TILE):
-                m = min(TILE, hi - t0)
-                _linear_tile(X, 1, t0, m, X[0, t0:t0 + m], w, lam, mode, inv, out[t0:t0 + m])
-                e = max(e, _exponent_max(out[t0:t0 + m], m))
-                if mode == 1:  # the base is not in an average: check it too
-                    e = max(e, _exponent_max(X[0, t0:t0 + m], m))
-            bad[b] = e == np.uint32(0x7F800000)
-
-    @njit(cache=True, nogil=True, parallel=True)
-    def _linear_bf16(raw, w, lam, mode, inv, out, bad, blocks):  # pragma: no cover - compiled
-        n, C = raw.shape[0] - 1, raw.shape[1]
-        for b in prange(blocks):
-            lo, hi = b * C // blocks, (b + 1) * C // blocks
-            rows = np.empty((n, TILE), np.float32)
-            bt = np.empty(TILE, np.float32)
-            bits = np.empty(TILE, np.uint32)
-            f = bits.view(np.float32)
-            nonfinite = False
-            for t0 in range(lo, hi, TILE):
-                m = min(TILE, hi - t0)
-                nonfinite |= _widen(raw[0, t0:t0 + m], bits, m)
-                for k in range(m):
-                    bt[k] = f[k]
-                for i in range(n):
-                    nonfinite |= _widen(raw[i + 1, t0:t0 + m], bits, m)
-                    ri = rows[i]
-                    for k in range(m):
-                        ri[k] = f[k]
-                _linear_tile(rows, 0, 0, m, bt, w, lam, mode, inv, out[t0:t0 + m])
-            bad[b] = nonfinite
 
 
 def histogram(D: torch.Tensor, hist: np.ndarray, low_bits: bool, times: int = 1) -> None:
@@ -341,7 +72,7 @@ def histogram(D: torch.Tensor, hist: np.ndarray, low_bits: bool, times: int = 1)
     the top 16 bits of the float32 ``|x|``, plus 32,768 when ``low_bits`` and its low 16 bits
     are not 0 (the layout of :class:`.select.TopK`'s bf16 histogram)."""
     bits = D.view(torch.int32).numpy()
-    _histogram(bits, hist, hist.shape[0], low_bits, times)
+    _k()._histogram(bits, hist, hist.shape[0], low_bits, times)
 
 
 def histogram_bf16(raw: torch.Tensor, hist: np.ndarray, low_bits: bool, times: int = 1) -> bool:
@@ -349,14 +80,14 @@ def histogram_bf16(raw: torch.Tensor, hist: np.ndarray, low_bits: bool, times: i
     in float32 — without writing them out. False when some input is not finite (inf or NaN):
     the caller then reads the chunk the ordinary way, whose check names the input."""
     bad = np.zeros(hist.shape[0], np.bool_)
-    _histogram_bf16(raw.view(torch.int16).numpy().view(np.uint16), hist, low_bits, times, bad)
+    _k()._histogram_bf16(raw.view(torch.int16).numpy().view(np.uint16), hist, low_bits, times, bad)
     return not bad.any()
 
 
 def bf16_delta(raw: torch.Tensor, base: torch.Tensor, D: torch.Tensor) -> None:
     """Rows 1… of ``raw`` (n + 1, C) bf16 minus its row 0, as float32, into ``D`` (n, C); row 0 as
     float32 into ``base`` (C,): what converting to float32 and subtracting gives, in one pass."""
-    _bf16_delta(raw.view(torch.int16).numpy().view(np.uint16), base.numpy(), D.numpy(), _threads())
+    _k()._bf16_delta(raw.view(torch.int16).numpy().view(np.uint16), base.numpy(), D.numpy(), _threads())
 
 
 def blocks() -> int:
@@ -373,7 +104,7 @@ def merge(D: torch.Tensor, base: torch.Tensor, thr, tie, left, low, zero_positiv
     ``blocks``: column blocks worked on in parallel (default: one per thread)."""
     n = D.shape[0]
     used = np.zeros(n, np.int64)
-    _merge(D.numpy(), base.numpy(), thr, tie, left, low, zero_positive, DISJOINT[disjoint], np.float32(lam),
+    _k()._merge(D.numpy(), base.numpy(), thr, tie, left, low, zero_positive, DISJOINT[disjoint], np.float32(lam),
            out.numpy(), flags.numpy(), used, blocks or _threads())
     return used
 
@@ -386,7 +117,7 @@ def merge_bf16(raw: torch.Tensor, thr, tie, left, low, zero_positive: bool, disj
     if any(0 < x < C for x in left):
         raise ValueError("merge_bf16: the ties to keep could run out inside this chunk; use merge()")
     used = np.zeros(raw.shape[0] - 1, np.int64)
-    _merge_bf16(raw.view(torch.int16).numpy().view(np.uint16), thr, tie, left, low, zero_positive,
+    _k()._merge_bf16(raw.view(torch.int16).numpy().view(np.uint16), thr, tie, left, low, zero_positive,
                 DISJOINT[disjoint], np.float32(lam), out.numpy(), flags.numpy(), used, blocks or _threads())
     return used
 
@@ -404,7 +135,7 @@ def linear(rows: torch.Tensor, kind: str, w: np.ndarray, lam: float, divisor: fl
     bad = np.zeros(_threads(), np.bool_)
     args = (w.astype(np.float32), np.float32(lam), LINEAR[kind], np.float32(divisor), out.numpy(), bad, len(bad))
     if rows.dtype == torch.bfloat16:
-        _linear_bf16(rows.view(torch.int16).numpy().view(np.uint16), *args)
+        _k()._linear_bf16(rows.view(torch.int16).numpy().view(np.uint16), *args)
     else:
-        _linear(rows.numpy(), *args)
+        _k()._linear(rows.numpy(), *args)
     return not bad.any()

@@ -1,0 +1,289 @@
+"""The numba kernels behind :mod:`.fused` (see there for what each does and why). Imported on
+first use, so that a merge that needs none of them (fp32 task arithmetic, say) does not pay
+numba's start-up (≈ 0.7 s: importing numba, then loading the cached kernels)."""
+
+import numpy as np
+from numba import njit, prange
+
+TILE = 1024  # merge: columns a thread works on at a time; (n, TILE) float32 stays in the L1/L2 cache
+BF16_TILE = 4096  # bf16 histogram: columns widened at a time
+
+
+@njit(inline="always")
+def _widen(r, bits, w):  # pragma: no cover - compiled
+    """bf16 numbers ``r[:w]`` as the bit patterns of the float32 they equal (a bf16 number is
+    the top half of its float32) into ``bits``; True when one is inf or NaN (exponent all 1s)."""
+    nonfinite = False
+    for k in range(w):
+        bits[k] = np.uint32(r[k]) << np.uint32(16)
+        nonfinite |= (r[k] & 0x7F80) == 0x7F80
+    return nonfinite
+
+@njit(inline="always")
+def _tile_buffers(n):  # pragma: no cover - compiled
+    """A thread's work buffers for :func:`_merge_tile`: trimmed rows, sign, sum, count, flags."""
+    return (np.empty((n, TILE), np.float32), np.empty(TILE, np.float32), np.empty(TILE, np.float32),
+            np.empty(TILE, np.float32), np.empty(TILE, np.uint8))
+
+@njit(cache=True, nogil=True, parallel=True)
+def _histogram(bits, hist, blocks, low_bits, times):  # pragma: no cover - compiled
+    n, C = bits.shape
+    for b in prange(blocks):
+        lo, hi = b * C // blocks, (b + 1) * C // blocks
+        for i in range(n):
+            h = hist[b, i]
+            row = bits[i, lo:hi]  # a slice indexed from 0: no negative-index checks in the loop
+            for j in range(hi - lo):
+                x = row[j] & 0x7FFFFFFF  # |x|: the sign bit cleared
+                key = x >> 16
+                if low_bits and (x & 0xFFFF) != 0:
+                    key |= 0x8000
+                h[key] += times
+
+@njit(cache=True, nogil=True, parallel=True)
+def _histogram_bf16(raw, hist, low_bits, times, bad):  # pragma: no cover - compiled
+    n, C = raw.shape[0] - 1, raw.shape[1]
+    blocks = hist.shape[0]
+    for b in prange(blocks):
+        lo, hi = b * C // blocks, (b + 1) * C // blocks
+        bits = np.empty(BF16_TILE, np.uint32)
+        f = bits.view(np.float32)
+        fb = np.empty(BF16_TILE, np.float32)
+        nonfinite = False
+        for t0 in range(lo, hi, BF16_TILE):
+            w = min(BF16_TILE, hi - t0)
+            nonfinite |= _widen(raw[0, t0:t0 + w], bits, w)
+            for k in range(w):
+                fb[k] = f[k]
+            for i in range(n):
+                nonfinite |= _widen(raw[i + 1, t0:t0 + w], bits, w)
+                for k in range(w):
+                    f[k] = f[k] - fb[k]
+                h = hist[b, i]
+                for k in range(w):
+                    x = bits[k] & np.uint32(0x7FFFFFFF)
+                    key = x >> np.uint32(16)
+                    if low_bits and (x & np.uint32(0xFFFF)) != 0:
+                        key |= np.uint32(0x8000)
+                    h[key] += times
+        bad[b] = nonfinite
+
+@njit(cache=True, nogil=True, parallel=True)
+def _bf16_delta(raw, base, D, blocks):  # pragma: no cover - compiled
+    n, C = D.shape
+    for b in prange(blocks):
+        lo, hi = b * C // blocks, (b + 1) * C // blocks
+        w = hi - lo
+        bits = np.empty(w, np.uint32)
+        f = bits.view(np.float32)
+        fb = base[lo:hi]  # slices, indexed from 0: the loops then vectorize
+        _widen(raw[0, lo:hi], bits, w)
+        for k in range(w):
+            fb[k] = f[k]
+        for i in range(n):
+            _widen(raw[i + 1, lo:hi], bits, w)
+            Di = D[i, lo:hi]
+            for k in range(w):
+                Di[k] = f[k] - fb[k]
+
+@njit(cache=True, nogil=True)
+def _merge_tile(D, t0, w, bt, thr, tie, rem, low, zero_positive, disjoint, lam, T, S, num, cnt, fl, o, fo):  # pragma: no cover
+    """TIES on the ``w`` columns of task vectors ``D`` (n, ·) from ``t0``, base ``bt``; merged
+    values to ``o``, set-aside flags to ``fo``; ``rem``: the ties each model may still keep."""
+    n = D.shape[0]
+    nf = np.float32(n)
+    one = np.float32(1.0)
+    zero = np.float32(0.0)
+    S[:w] = zero
+    fl[:w] = 0
+    for i in range(n):  # trim row i, then add it: the sum runs over the models in order
+        row = D[i, t0:t0 + w]  # a row slice of a C-contiguous array: contiguous, the loops vectorize
+        Ti = T[i]
+        th = thr[i]
+        tv = tie[i]
+        if rem[i] >= w:  # every tie of the tile is kept: one branch-free loop
+            c = 0
+            for j in range(w):
+                x = row[j]
+                a = abs(x)
+                Ti[j] = x if (a > th) | (a == tv) else zero
+                c += a == tv
+            rem[i] -= c
+        else:
+            for j in range(w):
+                x = row[j]
+                Ti[j] = x if abs(x) > th else zero
+            if rem[i] > 0:  # the last ties to keep fall in this tile, in flat order
+                for j in range(w):
+                    if rem[i] > 0 and Ti[j] == zero and abs(row[j]) == tv:
+                        Ti[j] = row[j]
+                        rem[i] -= 1
+        if low[i] >= 0:  # not kept, though in the undecided bin (low > 0, so x != 0)
+            lw = low[i]
+            for j in range(w):
+                fl[j] |= (Ti[j] == zero) & (abs(row[j]) >= lw)
+        for j in range(w):
+            S[j] += Ti[j]
+    for j in range(w):  # the elected sign, kept in S
+        v = S[j]
+        sg = one if v > zero else (-one if v < zero else zero)
+        if zero_positive and sg == zero:
+            sg = one
+        S[j] = sg
+        num[j] = zero
+        cnt[j] = zero
+    for i in range(n):  # the agreeing entries' magnitudes, summed in model order
+        Ti = T[i]
+        for j in range(w):
+            r = Ti[j] * S[j]
+            num[j] += r if r > zero else zero
+            cnt[j] += one if r > zero else zero
+    for j in range(w):
+        m = num[j] * S[j]
+        if disjoint == 0:
+            m = m / (cnt[j] if cnt[j] > one else one)
+        elif disjoint == 2:
+            m = m / nf
+        o[j] = bt[j] + lam * m
+        fo[j] = fl[j]
+
+@njit(cache=True, nogil=True, parallel=True)
+def _merge(D, base, thr, tie, left, low, zero_positive, disjoint, lam, out, flags, used, blocks):  # pragma: no cover
+    n, C = D.shape
+    # the deterministic tie rule keeps the first `left[i]` entries equal to `tie[i]` in flat
+    # order: when the chunk could exhaust them, count each block's ties first, so every block
+    # knows how many the earlier blocks took
+    start = np.zeros((blocks, n), np.int64)
+    counts = np.zeros((blocks, n), np.int64)
+    for b in prange(blocks - 1):
+        lo, hi = b * C // blocks, (b + 1) * C // blocks
+        for i in range(n):
+            if 0 < left[i] < C:
+                c = 0
+                tv = tie[i]
+                row = D[i, lo:hi]
+                for j in range(hi - lo):
+                    c += abs(row[j]) == tv
+                counts[b, i] = c
+    for i in range(n):
+        rem = left[i]
+        for b in range(blocks):
+            start[b, i] = rem
+            rem = max(rem - counts[b, i], 0)
+    rest = start.copy()
+    for b in prange(blocks):
+        lo, hi = b * C // blocks, (b + 1) * C // blocks
+        T, S, num, cnt, fl = _tile_buffers(n)
+        for t0 in range(lo, hi, TILE):
+            w = min(TILE, hi - t0)
+            _merge_tile(D, t0, w, base[t0:t0 + w], thr, tie, rest[b], low, zero_positive, disjoint,
+                        lam, T, S, num, cnt, fl, out[t0:t0 + w], flags[t0:t0 + w])
+    for i in range(n):
+        for b in range(blocks):
+            used[i] += start[b, i] - rest[b, i]
+
+@njit(cache=True, nogil=True, parallel=True)
+def _merge_bf16(raw, thr, tie, left, low, zero_positive, disjoint, lam, out, flags, used, blocks):  # pragma: no cover
+    # `left[i]` is 0 or at least the chunk's width: no block can exhaust the ties
+    n, C = raw.shape[0] - 1, raw.shape[1]
+    rest = np.empty((blocks, n), np.int64)
+    for b in prange(blocks):
+        lo, hi = b * C // blocks, (b + 1) * C // blocks
+        rest[b] = left
+        Dt = np.empty((n, TILE), np.float32)
+        bt = np.empty(TILE, np.float32)
+        bits = np.empty(TILE, np.uint32)
+        f = bits.view(np.float32)
+        T, S, num, cnt, fl = _tile_buffers(n)
+        for t0 in range(lo, hi, TILE):
+            w = min(TILE, hi - t0)
+            _widen(raw[0, t0:t0 + w], bits, w)
+            for k in range(w):
+                bt[k] = f[k]
+            for i in range(n):
+                _widen(raw[i + 1, t0:t0 + w], bits, w)
+                di = Dt[i]
+                for k in range(w):
+                    di[k] = f[k] - bt[k]
+            _merge_tile(Dt, 0, w, bt, thr, tie, rest[b], low, zero_positive, disjoint,
+                        lam, T, S, num, cnt, fl, out[t0:t0 + w], flags[t0:t0 + w])
+    for i in range(n):
+        for b in range(blocks):
+            used[i] += left[i] - rest[b, i]
+
+
+@njit(inline="always")
+def _linear_tile(R, r0, t0, m, bt, w, lam, mode, inv, out):  # pragma: no cover - compiled
+    """One tile of :func:`linear`: models' float32 weights in rows ``r0…`` of ``R``, columns
+    ``t0 … t0 + m``; ``bt`` the base's."""
+    n = w.shape[0]
+    if mode == 0:  # task arithmetic: b + λ Σ_i w_i (x_i − b), summed in model order
+        r = R[r0, t0:t0 + m]  # a row slice of a C-contiguous array: the loops vectorize
+        w0 = w[0]
+        for k in range(m):
+            out[k] = (r[k] - bt[k]) * w0
+        for i in range(1, n):
+            r = R[r0 + i, t0:t0 + m]
+            wi = w[i]
+            for k in range(m):
+                out[k] += (r[k] - bt[k]) * wi
+        for k in range(m):
+            out[k] = bt[k] + lam * out[k]
+    else:  # average: Σ_i w_i x_i / W
+        r = R[r0, t0:t0 + m]
+        w0 = w[0]
+        for k in range(m):
+            out[k] = r[k] * w0
+        for i in range(1, n):
+            r = R[r0 + i, t0:t0 + m]
+            wi = w[i]
+            for k in range(m):
+                out[k] += r[k] * wi
+        for k in range(m):
+            out[k] = out[k] / inv
+
+@njit(inline="always")
+def _exponent_max(x, m):  # pragma: no cover - compiled
+    """The largest exponent field of float32 numbers ``x[:m]`` (0x7F800000: an inf or NaN)."""
+    bits = x[:m].view(np.uint32)
+    e = np.uint32(0)
+    for k in range(m):
+        e = max(e, bits[k] & np.uint32(0x7F800000))
+    return e
+
+@njit(cache=True, nogil=True, parallel=True)
+def _linear(X, w, lam, mode, inv, out, bad, blocks):  # pragma: no cover - compiled
+    n, C = X.shape[0] - 1, X.shape[1]
+    for b in prange(blocks):
+        lo, hi = b * C // blocks, (b + 1) * C // blocks
+        e = np.uint32(0)
+        for t0 in range(lo, hi, TILE):
+            m = min(TILE, hi - t0)
+            _linear_tile(X, 1, t0, m, X[0, t0:t0 + m], w, lam, mode, inv, out[t0:t0 + m])
+            e = max(e, _exponent_max(out[t0:t0 + m], m))
+            if mode == 1:  # the base is not in an average: check it too
+                e = max(e, _exponent_max(X[0, t0:t0 + m], m))
+        bad[b] = e == np.uint32(0x7F800000)
+
+@njit(cache=True, nogil=True, parallel=True)
+def _linear_bf16(raw, w, lam, mode, inv, out, bad, blocks):  # pragma: no cover - compiled
+    n, C = raw.shape[0] - 1, raw.shape[1]
+    for b in prange(blocks):
+        lo, hi = b * C // blocks, (b + 1) * C // blocks
+        rows = np.empty((n, TILE), np.float32)
+        bt = np.empty(TILE, np.float32)
+        bits = np.empty(TILE, np.uint32)
+        f = bits.view(np.float32)
+        nonfinite = False
+        for t0 in range(lo, hi, TILE):
+            m = min(TILE, hi - t0)
+            nonfinite |= _widen(raw[0, t0:t0 + m], bits, m)
+            for k in range(m):
+                bt[k] = f[k]
+            for i in range(n):
+                nonfinite |= _widen(raw[i + 1, t0:t0 + m], bits, m)
+                ri = rows[i]
+                for k in range(m):
+                    ri[k] = f[k]
+            _linear_tile(rows, 0, 0, m, bt, w, lam, mode, inv, out[t0:t0 + m])
+        bad[b] = nonfinite
