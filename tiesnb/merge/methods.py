@@ -131,8 +131,10 @@ class Average:
             return
         divisor = job.n if w is None else w.sum()
         for start, stop in job.ranges(name):
-            _, X = job.read_chunk(name, start, stop, delta=False)
-            yield _weighted_rowsum(job, X, w).div_(divisor)
+            base, X = job.read_chunk(name, start, stop, delta=False, verify=False)
+            out = _weighted_rowsum(job, X, w).div_(divisor)
+            job.check_result(name, start, stop, out, also=base)  # the base is not in the mean: checked too
+            yield out
 
 
 class TaskArithmetic:
@@ -152,9 +154,10 @@ class TaskArithmetic:
             yield from fast
             return
         for start, stop in job.ranges(name):
-            base, D = job.read_chunk(name, start, stop)
-            tv = _weighted_rowsum(job, D, w)
-            yield tv.mul_(lam).add_(base)  # base + λ·tv: the same two roundings
+            base, D = job.read_chunk(name, start, stop, verify=False)
+            out = _weighted_rowsum(job, D, w).mul_(lam).add_(base)  # base + λ·tv: the same two roundings
+            job.check_result(name, start, stop, out)
+            yield out
 
 
 # ----------------------------------------------------------------------------------------------
