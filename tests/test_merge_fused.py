@@ -201,3 +201,40 @@ def test_linear_kernel_names_a_non_finite_input_and_lets_an_overflow_pass(dtype)
             m["layer1.w"] = torch.full_like(m["layer1.w"], 3e38)
         out = merge("task_arithmetic", base, huge, lam=1.0)
         assert torch.isinf(out["layer1.w"]).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# per-tensor trims: each held tensor's cuts in one compiled call, then one merge call
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("params", [
+    {"trim": "per_tensor", "k": 0.2}, {"trim": "per_tensor", "k": 0.2, "ties": "keep"},
+    {"preset": "mergekit", "k": 0.05, "weights": [1.0, 2.0, 0.5, 1.0]}, {"preset": "peft", "k": 0.3},
+    {"trim": "per_tensor", "k": [0.0, 1.0, 0.2, 0.5]},
+])
+def test_compiled_per_tensor_cuts_equal_the_streaming_select(monkeypatch, dtype, params):
+    from tiesnb.merge import methods
+
+    g = torch.Generator().manual_seed(11)
+    base, models = make_models(4, seed=12)
+    for m in models:  # deltas on a grid: many magnitudes equal the threshold
+        for n, v in m.items():
+            if v.is_floating_point():
+                m[n] = base[n] + torch.round((v - base[n]) * 8) / 8 + 0 * torch.rand(v.shape, generator=g)
+    base, models = _in_dtype(base, dtype), [_in_dtype(m, dtype) for m in models]
+    fast = merge("ties", base, models, chunk=777, **params)
+    monkeypatch.setattr(methods, "COMPILED_CUTS", False)
+    slow = merge("ties", base, models, chunk=777, **params)
+    for n in fast:
+        assert torch.equal(fast[n], slow[n]), n
+    monkeypatch.setattr(methods, "COMPILED_CUTS", True)
+    band = merge("breadcrumbs", base, models, k=0.5, gamma=0.1)
+    monkeypatch.setattr(methods, "COMPILED_CUTS", False)
+    assert all(torch.equal(band[n], v) for n, v in merge("breadcrumbs", base, models, k=0.5, gamma=0.1).items())
+
+
+def test_tensor_cuts_by_hand():
+    D = torch.tensor([[0.5, -2.0, 0.5, 3.0, -0.5, 0.0], [1.0, 1.0, 1.0, 1.0, 1.0, 1.0]])
+    # row 0: the 3rd largest magnitude is 0.5, 2 larger, 3 equal; row 1: all six equal 1.0
+    assert fused.tensor_cuts(D, [3, 2]) == [(0.5, 2, 3), (1.0, 0, 6)]

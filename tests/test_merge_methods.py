@@ -457,8 +457,11 @@ def test_task_vector_algebra(small):
 @pytest.mark.parametrize("chunk", [7, 1 << 16])
 def test_set_aside_columns_give_the_same_bits_as_a_second_pass(monkeypatch, params, chunk):
     """The merge pass sets aside the columns whose trim is undecided after one histogram pass;
-    the result must equal the plain route (two passes, then merge) bit for bit."""
+    the result must equal the plain route (two passes, then merge) bit for bit. (Held tensors of a
+    per-tensor trim take exact compiled cuts instead; here the streaming select is forced.)"""
     import tiesnb.merge.methods as M
+
+    monkeypatch.setattr(M, "COMPILED_CUTS", False)
 
     base, models = _with_ties(21)
     if "signs" in params:
@@ -479,8 +482,11 @@ def test_coarse_bf16_deltas_stay_within_the_set_aside_budget_and_give_the_same_b
     undecided bin can hold most entries. When every input is bf16 the first pass notices that the
     bin holds a single value and the cut is exact at once (nothing set aside, no second pass);
     otherwise, past the budget, the exact cut comes from a second pass. Either way the result is
-    the same, bit for bit, and the set-aside store never exceeds the budget."""
+    the same, bit for bit, and the set-aside store never exceeds the budget. (The streaming select
+    is forced: held tensors of a per-tensor trim otherwise take exact compiled cuts.)"""
     import tiesnb.merge.methods as M
+
+    monkeypatch.setattr(M, "COMPILED_CUTS", False)
 
     g = torch.Generator().manual_seed(3)
     base = {f"l{i}.w": (0.02 * torch.randn(64, 64, generator=g)).to(torch.bfloat16) for i in range(3)}
@@ -524,3 +530,27 @@ def test_bf16_single_value_bins_match_the_sort_based_oracle():
         ref = ties_oracle({k: v.float() for k, v in base.items()}, [{k: v.float() for k, v in m.items()} for m in models],
                           k=0.2, trim=trim)
         assert all(torch.equal(out[n], ref[n].to(torch.bfloat16)) for n in base), trim
+
+
+@pytest.mark.parametrize("trim", ["per_tensor", "global"])
+@pytest.mark.parametrize("preset, k", [("paper", 0.3), ("peft", 0.3), ("mergekit", 0.3), ("paper", 0.05)])
+def test_deferred_cuts_keep_ties_in_flat_order_with_bf16_inputs(monkeypatch, trim, preset, k):
+    # bf16 checkpoints whose deltas sit on a grid: one model's cut is exact after one pass but keeps
+    # only some of its ties, while another's waits in an undecided bin. The columns set aside for
+    # the one must not restart the other's tie count (a regression: per-tensor merges kept ties
+    # beyond the count). The streaming select is forced (no compiled per-tensor cuts).
+    from tiesnb.merge import methods
+
+    monkeypatch.setattr(methods, "COMPILED_CUTS", False)
+    base, models = make_models(4, seed=12)
+    for m in models:
+        for n, v in m.items():
+            if v.is_floating_point():
+                m[n] = base[n] + torch.round((v - base[n]) * 8) / 8
+    half = lambda s: {n: (v.to(torch.bfloat16) if v.is_floating_point() else v) for n, v in s.items()}  # noqa: E731
+    wide = lambda s: {n: (v.float() if v.is_floating_point() else v) for n, v in s.items()}  # noqa: E731
+    base, models = half(base), [half(m) for m in models]
+    want = ties_oracle(wide(base), [wide(m) for m in models], **{**TIES_PRESETS[preset], "k": k, "trim": trim})
+    for chunk in (777, 1 << 18):
+        got = merge("ties", base, models, chunk=chunk, dtype="float32", preset=preset, k=k, trim=trim)
+        assert close(got, {n: v for n, v in want.items()}, atol=1e-5), chunk

@@ -285,6 +285,11 @@ class MergeJob:
         kernels vectorize only over rows they know are contiguous; a copy is far cheaper."""
         return D if D.is_contiguous() else self.scratch("contiguous", D.shape).copy_(D)
 
+    def held(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The held tensor's base (numel,) and task vectors (n, numel), float32, contiguous."""
+        _, hb, hX = self._held
+        return hb, hX
+
     def is_held(self, name: str) -> bool:
         return self._held is not None and self._held[0] == name
 

@@ -139,3 +139,21 @@ def linear(rows: torch.Tensor, kind: str, w: np.ndarray, lam: float, divisor: fl
     else:
         _k()._linear(rows.numpy(), *args)
     return not bad.any()
+
+
+def tensor_cuts(D: torch.Tensor, K: list[int]) -> list[tuple[float, int, int]]:
+    """Per model (row of ``D``, (n, C) float32, C-contiguous): the ``K[i]``-th largest magnitude,
+    the number of larger ones and of equal ones — the exact selection :class:`.select.TopK` finds,
+    in one compiled call (no per-call histograms to allocate and scan in Python: a per-tensor trim
+    makes one call per tensor). ``K[i]`` must lie in 1…C (the caller handles 0 and C)."""
+    n = D.shape[0]
+    value = np.zeros(n, np.int64)
+    greater = np.zeros(n, np.int64)
+    equal = np.zeros(n, np.int64)
+    _threads()
+    _k()._tensor_cuts(D.view(torch.int32).numpy().view(np.uint32), np.asarray(K, np.int64), value, greater, equal)
+    out = []
+    for i in range(n):
+        v = float(torch.tensor(int(value[i]), dtype=torch.int64).to(torch.int32).view(torch.float32))
+        out.append((v, int(greater[i]), int(equal[i])))
+    return out

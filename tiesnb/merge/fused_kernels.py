@@ -287,3 +287,36 @@ def _linear_bf16(raw, w, lam, mode, inv, out, bad, blocks):  # pragma: no cover 
                     ri[k] = f[k]
             _linear_tile(rows, 0, 0, m, bt, w, lam, mode, inv, out[t0:t0 + m])
         bad[b] = nonfinite
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _tensor_cuts(bits, K, value, greater, equal):  # pragma: no cover - compiled
+    """Per row of ``bits`` (float32 bit patterns, one model's task vector of one tensor): the bit
+    pattern of its ``K[i]``-th largest magnitude, how many magnitudes are larger and how many
+    equal it — a two-pass radix select (top 16 bits, then the low 16 within the bin), exact."""
+    n, C = bits.shape
+    for i in prange(n):
+        k = K[i]
+        if k <= 0 or k > C:
+            continue
+        row = bits[i]
+        h = np.zeros(32768, np.int64)
+        for j in range(C):
+            h[(row[j] & np.uint32(0x7FFFFFFF)) >> np.uint32(16)] += 1
+        above = 0
+        b = 32767
+        while above + h[b] < k:  # the bin holding the k-th largest
+            above += h[b]
+            b -= 1
+        h2 = np.zeros(65536, np.int64)
+        for j in range(C):
+            x = row[j] & np.uint32(0x7FFFFFFF)
+            if (x >> np.uint32(16)) == b:
+                h2[x & np.uint32(0xFFFF)] += 1
+        v = 65535
+        while above + h2[v] < k:
+            above += h2[v]
+            v -= 1
+        value[i] = (b << 16) | v
+        greater[i] = above
+        equal[i] = h2[v]

@@ -38,6 +38,7 @@ class Cut:
     inclusive: bool
     extra: int = 0
     kept: int = 0
+    equal: int = 0  # entries with |x| == value (when not inclusive): the ties ``extra`` is taken from
 
     @staticmethod
     def everything(total: int) -> "Cut":
@@ -178,12 +179,25 @@ class TopK:
         take = self.K - greater  # 1 <= take <= equal
         if self.ties == "keep" or take == equal:
             return Cut(value, True, 0, greater + equal)
-        return Cut(value, False, take, self.K)
+        return Cut(value, False, take, self.K, equal)
 
     def cut(self) -> Cut:
         if self._cut is None:
             raise RuntimeError("TopK.cut() before its passes were complete")
         return self._cut
+
+
+def cut_of_rank(K: int, total: int, value: float, greater: int, equal: int, ties: str = "index") -> Cut:
+    """The cut keeping the ``K`` largest of ``total`` magnitudes, given the K-th largest ``value``
+    and how many are larger (``greater``) and equal (``equal``): what :class:`TopK` gives."""
+    if K <= 0:
+        return Cut.nothing()
+    if K >= total:
+        return Cut.everything(total)
+    take = K - greater  # 1 <= take <= equal
+    if ties == "keep" or take == equal:
+        return Cut(value, True, 0, greater + equal)
+    return Cut(value, False, take, K, equal)
 
 
 def cut_of_tensor(a: torch.Tensor, K: int, ties: str = "index") -> Cut:
