@@ -238,3 +238,24 @@ def test_tensor_cuts_by_hand():
     D = torch.tensor([[0.5, -2.0, 0.5, 3.0, -0.5, 0.0], [1.0, 1.0, 1.0, 1.0, 1.0, 1.0]])
     # row 0: the 3rd largest magnitude is 0.5, 2 larger, 3 equal; row 1: all six equal 1.0
     assert fused.tensor_cuts(D, [3, 2]) == [(0.5, 2, 3), (1.0, 0, 6)]
+
+
+def test_compiled_dare_mask_is_the_torch_mask():
+    for key in (0, 12345, 2**64 - 1, 0xDEADBEEF12345678):
+        for start in (0, 2**32 - 5, 10**12):
+            for density in (0.0, 0.1, 0.5, 1.0):
+                assert torch.equal(fused.keep_random(key, start, start + 10007, density),
+                                   K.keep_random(key, start, start + 10007, density)), (key, start, density)
+
+
+def test_weights_of_one_are_no_weights():
+    # mergekit configs spell `weight: 1.0` for every model: the same bits as no weights, by the
+    # compiled kernel (weighted_mean without weights is the mean)
+    base, models = make_models(3, seed=6)
+    plain = merge("ties", base, models, preset="mergekit", k=0.3)
+    ones = merge("ties", base, models, preset="mergekit", k=0.3, weights=[1.0, 1.0, 1.0])
+    assert all(torch.equal(plain[n], ones[n]) for n in plain)
+    from oracle import ties_oracle
+    from tiesnb.merge import TIES_PRESETS
+    want = ties_oracle(base, models, **{**TIES_PRESETS["mergekit"], "k": 0.3, "weights": [1.0, 1.0, 1.0]})
+    assert all(torch.allclose(ones[n], want[n], atol=1e-6) for n in want if want[n].is_floating_point())

@@ -157,3 +157,13 @@ def tensor_cuts(D: torch.Tensor, K: list[int]) -> list[tuple[float, int, int]]:
         v = float(torch.tensor(int(value[i]), dtype=torch.int64).to(torch.int32).view(torch.float32))
         out.append((v, int(greater[i]), int(equal[i])))
     return out
+
+
+def keep_random(key: int, start: int, stop: int, density: float) -> torch.Tensor:
+    """:func:`.kernels.keep_random` compiled: the same mask, bit for bit (tested), at a fraction
+    of the cost (the torch version streams a dozen int64 passes over the chunk)."""
+    out = torch.empty(stop - start, dtype=torch.bool)
+    _threads()
+    _k()._keep_random(np.uint64(key & 0xFFFFFFFF), np.uint64((key >> 32) & 0xFFFFFFFF), np.int64(start),
+                      np.uint64(int(density * 4294967296.0)), out.numpy())
+    return out

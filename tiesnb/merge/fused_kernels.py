@@ -320,3 +320,26 @@ def _tensor_cuts(bits, K, value, greater, equal):  # pragma: no cover - compiled
         value[i] = (b << 16) | v
         greater[i] = above
         equal[i] = h2[v]
+
+
+@njit(inline="always")
+def _mix32(x):  # pragma: no cover - compiled
+    """kernels._mix32 on one uint64 holding [0, 2³²): the same products, the same bits."""
+    m = np.uint64(0xFFFFFFFF)
+    x = x ^ (x >> np.uint64(16))
+    x = (x * np.uint64(0x7FEB352D)) & m
+    x = x ^ (x >> np.uint64(15))
+    x = (x * np.uint64(0x2C1B3C6D)) & m
+    x = x ^ (x >> np.uint64(16))
+    x = (x * np.uint64(0x297A2D39)) & m
+    return x ^ (x >> np.uint64(15))
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _keep_random(klo, khi, start, threshold, out):  # pragma: no cover - compiled
+    m = np.uint64(0xFFFFFFFF)
+    for j in prange(out.shape[0]):
+        pos = np.uint64(start + j)
+        h = _mix32((pos & m) ^ klo)
+        h = _mix32(h ^ (pos >> np.uint64(32)) ^ khi)
+        out[j] = h < threshold

@@ -32,6 +32,8 @@ def _weights(job: MergeJob, p: dict, name: str = "weights") -> torch.Tensor | No
         return None
     if len(w) != job.n:
         raise TiesnbError(f"'{name}' has {len(w)} values but there are {job.n} models")
+    if all(x == 1.0 for x in w):  # weights of 1 are no weights (the same bits): the fastest path runs
+        return None
     return torch.tensor(w, dtype=torch.float32, device=job.device)
 
 
@@ -234,6 +236,12 @@ class _Scope:
         self.size = b
 
 
+def _fused_disjoint(p: dict) -> str:
+    """The disjoint merge as the compiled kernel names it (without weights, mergekit's
+    ``weighted_mean`` divides by the count of agreeing entries: the paper's mean)."""
+    return "mean" if p["disjoint"] == "weighted_mean" else p["disjoint"]
+
+
 @dataclass
 class SparseState:
     cuts: list[list[Cut]] | None  # global trim: per model [cut] (magnitude) or [outer, inner] (band)
@@ -330,7 +338,9 @@ class _Trimmer:
                 T[i].sub_(inner)
             elif mode == "random":
                 k = per_model(self.tp, "k", i)
-                keep = K.keep_random(self.impl.rng_key(self.p, i, name), start, stop, k, D.device)
+                key = self.impl.rng_key(self.p, i, name)
+                keep = (fused.keep_random(key, start, stop, k) if fused.available(D.device)
+                        else K.keep_random(key, start, stop, k, D.device))
                 torch.mul(D[i], keep, out=T[i])
                 if self.p["rescale"] and k > 0:
                     T[i].div_(k)
@@ -600,8 +610,8 @@ class SparseMerge:
         """Whether the merge pass can take the compiled kernel (:mod:`.fused`): TIES with a
         magnitude trim, the election by mass, no weights, no given signs."""
         return (fused.available(job.device) and p["sparsify"] == "magnitude" and p["elect"] == "mass"
-                and p.get("weights") is None and state.signs is None and p["zero_sign"] in ("zero", "positive")
-                and p["disjoint"] in fused.DISJOINT)
+                and _weights(job, p) is None and state.signs is None and p["zero_sign"] in ("zero", "positive")
+                and _fused_disjoint(p) in fused.DISJOINT)
 
     def tensor(self, job: MergeJob, p: dict, state: SparseState, name: str) -> Iterator[torch.Tensor]:
         p = for_tensor(p, name)
@@ -615,7 +625,7 @@ class SparseMerge:
         if fast and scope is None and job.is_held(name):  # the whole tensor in one compiled call
             hb, hX = job.held()
             out, flags = job.scratch("merged", hb.shape), job.scratch("flags", hb.shape, torch.uint8)
-            trim.fused_merge(hX, hb, out, flags, p["zero_sign"] == "positive", p["disjoint"], p["lam"])
+            trim.fused_merge(hX, hb, out, flags, p["zero_sign"] == "positive", _fused_disjoint(p), p["lam"])
             yield out
             job.hold(None)
             return
@@ -623,7 +633,7 @@ class SparseMerge:
             if fast:
                 C = stop - start
                 out, flags = job.scratch("merged", (C,)), job.scratch("flags", (C,), torch.uint8)
-                args = (p["zero_sign"] == "positive", p["disjoint"], p["lam"])
+                args = (p["zero_sign"] == "positive", _fused_disjoint(p), p["lam"])
                 raw = job.read_raw(name, start, stop) if trim.raw_ok(C) else None
                 if raw is not None:  # bf16 inputs: merged from the stored numbers
                     trim.fused_merge_raw(raw, out, flags, *args)
