@@ -32,7 +32,7 @@ SETTINGS := $(P)/study.yaml $(PB)/study.yaml
 
 .DEFAULT_GOAL := help
 .PHONY: help setup data check-data test study notebooks probe train evaluate merge_sweep interference ablations num_tasks variants steps \
-        lab report bench clean-study clean-venv studies
+        lab report bench bench-llm clean-study clean-venv studies
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -120,9 +120,13 @@ lab: setup  ## open JupyterLab on the notebooks (each .py source opens as a note
 report: setup  ## the study as a static site (MkDocs): findings, tables, figures, provenance, notebooks → runs/report/index.html
 	$(TIESNB) report
 
-bench: setup  ## merge benchmark, fp32 and bf16 at 7 × 1 GB: time and peak RSS against baselines (docs/performance.md)
+bench: setup  ## merge benchmark, fp32 and bf16 at 7 × 1 GB, bf16 at 7 × 135 MB: time and peak RSS against baselines (docs/performance.md)
 	$(BIN)/python benchmarks/merge_bench.py --size-mb 1000 --models 7 --repeats 3
 	$(BIN)/python benchmarks/merge_bench.py --size-mb 1000 --models 7 --repeats 3 --dtype bfloat16
+	$(BIN)/python benchmarks/merge_bench.py --size-mb 135 --models 7 --repeats 3 --dtype bfloat16
+
+bench-llm: setup  ## tiesnb beside mergekit on a ~1.5 B-parameter sharded bf16 Llama layout (~15 GB of scratch, removed after)
+	$(BIN)/python benchmarks/llm_bench.py --layers 16 --models 3 --repeats 3 --mergekit-repeats 1
 
 clean-study:  ## forget the study's runs (checkpoints, caches, executed notebooks): STUDY=...
 	rm -rf runs/$(STUDY)
