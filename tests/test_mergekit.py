@@ -298,3 +298,21 @@ def test_tokenizer_recipes_when_every_vocabulary_is_the_base_s(llamas, tmp_path,
     got, expected = merge_both(cfg, tmp_path)
     assert_equal(got, expected)
     assert (tmp_path / "tn" / "tokenizer.json").read_bytes() == (llamas / "base" / "tokenizer.json").read_bytes()
+
+
+def test_one_config_with_every_feature(llamas, tmp_path):
+    # what the users share: full-range slices, a density gradient, filtered weights with a
+    # fallback, top-level defaults and `tokenizer_source: union`, in one config
+    def src(m, **params):
+        return {"model": str(llamas / m), "layer_range": [0, 4], **({"parameters": params} if params else {})}
+
+    cfg = {"merge_method": "ties", "base_model": str(llamas / "base"), "dtype": "float32", "tokenizer_source": "union",
+           "parameters": {"normalize": True, "int8_mask": True, "weight": 0.6},
+           "slices": [{"sources": [src("base"),
+                                   src("ft0", density=[1, 0.7, 0.1], weight=[{"filter": "mlp", "value": 0.5}, {"value": 1}]),
+                                   src("ft1", density=0.4),
+                                   src("ft2", density=[0.2, 0.6], weight=[0, 0.3, 0.7, 1])]}]}
+    got, expected = merge_both(cfg, tmp_path)
+    assert_equal(got, expected)
+    resolved = __import__("json").loads((tmp_path / "tn" / "merge_config.json").read_text())["params"]
+    assert len(resolved["tensor_params"]) > 10  # the values did vary by tensor
