@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from tiesnb.checkpoints import load_state_dict, save_state_dict
+from tiesnb.checkpoints import load_state_dict
 from tiesnb.cli import main
 from tiesnb.merge import merge
 

@@ -19,11 +19,13 @@ def _widen(r, bits, w):  # pragma: no cover - compiled
         nonfinite |= (r[k] & 0x7F80) == 0x7F80
     return nonfinite
 
+
 @njit(inline="always")
 def _tile_buffers(n):  # pragma: no cover - compiled
     """A thread's work buffers for :func:`_merge_tile`: trimmed rows, sign, sum, count, flags."""
     return (np.empty((n, TILE), np.float32), np.empty(TILE, np.float32), np.empty(TILE, np.float32),
             np.empty(TILE, np.float32), np.empty(TILE, np.uint8))
+
 
 @njit(cache=True, nogil=True, parallel=True)
 def _histogram(bits, hist, blocks, low_bits, times):  # pragma: no cover - compiled
@@ -39,6 +41,7 @@ def _histogram(bits, hist, blocks, low_bits, times):  # pragma: no cover - compi
                 if low_bits and (x & 0xFFFF) != 0:
                     key |= 0x8000
                 h[key] += times
+
 
 @njit(cache=True, nogil=True, parallel=True)
 def _histogram_bf16(raw, hist, low_bits, times, bad):  # pragma: no cover - compiled
@@ -68,6 +71,7 @@ def _histogram_bf16(raw, hist, low_bits, times, bad):  # pragma: no cover - comp
                     h[key] += times
         bad[b] = nonfinite
 
+
 @njit(cache=True, nogil=True, parallel=True)
 def _bf16_delta(raw, base, D, blocks):  # pragma: no cover - compiled
     n, C = D.shape
@@ -85,6 +89,7 @@ def _bf16_delta(raw, base, D, blocks):  # pragma: no cover - compiled
             Di = D[i, lo:hi]
             for k in range(w):
                 Di[k] = f[k] - fb[k]
+
 
 @njit(cache=True, nogil=True)
 def _merge_tile(D, t0, w, bt, thr, tie, rem, low, zero_positive, disjoint, lam, T, S, num, cnt, fl, o, fo):  # pragma: no cover
@@ -147,6 +152,7 @@ def _merge_tile(D, t0, w, bt, thr, tie, rem, low, zero_positive, disjoint, lam, 
         o[j] = bt[j] + lam * m
         fo[j] = fl[j]
 
+
 @njit(cache=True, nogil=True, parallel=True)
 def _merge(D, base, thr, tie, left, low, zero_positive, disjoint, lam, out, flags, used, blocks):  # pragma: no cover
     n, C = D.shape
@@ -181,6 +187,7 @@ def _merge(D, base, thr, tie, left, low, zero_positive, disjoint, lam, out, flag
     for i in range(n):
         for b in range(blocks):
             used[i] += start[b, i] - rest[b, i]
+
 
 @njit(cache=True, nogil=True, parallel=True)
 def _merge_bf16(raw, thr, tie, left, low, zero_positive, disjoint, lam, out, flags, used, blocks):  # pragma: no cover
@@ -242,6 +249,7 @@ def _linear_tile(R, r0, t0, m, bt, w, lam, mode, inv, out):  # pragma: no cover 
         for k in range(m):
             out[k] = out[k] / inv
 
+
 @njit(inline="always")
 def _exponent_max(x, m):  # pragma: no cover - compiled
     """The largest exponent field of float32 numbers ``x[:m]`` (0x7F800000: an inf or NaN)."""
@@ -251,9 +259,10 @@ def _exponent_max(x, m):  # pragma: no cover - compiled
         e = max(e, bits[k] & np.uint32(0x7F800000))
     return e
 
+
 @njit(cache=True, nogil=True, parallel=True)
 def _linear(X, w, lam, mode, inv, out, bad, blocks):  # pragma: no cover - compiled
-    n, C = X.shape[0] - 1, X.shape[1]
+    C = X.shape[1]
     for b in prange(blocks):
         lo, hi = b * C // blocks, (b + 1) * C // blocks
         e = np.uint32(0)
@@ -264,6 +273,7 @@ def _linear(X, w, lam, mode, inv, out, bad, blocks):  # pragma: no cover - compi
             if mode == 1:  # the base is not in an average: check it too
                 e = max(e, _exponent_max(X[0, t0:t0 + m], m))
         bad[b] = e == np.uint32(0x7F800000)
+
 
 @njit(cache=True, nogil=True, parallel=True)
 def _linear_bf16(raw, w, lam, mode, inv, out, bad, blocks):  # pragma: no cover - compiled
