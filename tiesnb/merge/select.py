@@ -176,10 +176,7 @@ class TopK:
 
     def _cut_at(self, value: float, greater: int, equal: int) -> Cut:
         """The cut at ``value``, with ``greater`` entries above it and ``equal`` entries at it."""
-        take = self.K - greater  # 1 <= take <= equal
-        if self.ties == "keep" or take == equal:
-            return Cut(value, True, 0, greater + equal)
-        return Cut(value, False, take, self.K, equal)
+        return cut_of_rank(self.K, self.total, value, greater, equal, self.ties)
 
     def cut(self) -> Cut:
         if self._cut is None:
