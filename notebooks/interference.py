@@ -77,6 +77,8 @@ for t in S.tasks:
     part = per_task[per_task.task == t]
     ax.plot(part.k, part.accuracy, lw=0.8, alpha=0.75, marker="o", markersize=2, color=palette[t], label=t)
 plots.seed_band(ax, mean, "k", "accuracy", color="black", label="mean over tasks")
+PRE = S.family.pretrained_label
+plots.head_line(ax, 100 * pd.DataFrame(S.at_seed(S.seeds[0]).evaluate_checkpoint(None, S.tasks, split, PRE))["accuracy"].mean(), PRE)
 ax.set(xlabel="task-vector entries kept (top-k %, whole model)", ylabel=f"accuracy on own task, {split} (%)",
        title=f"Redundancy: most of a task vector can be dropped\n(mean over {len(S.seeds)} seeds; band: range over seeds)")
 plots.legend_outside(ax)

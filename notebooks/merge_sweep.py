@@ -171,7 +171,7 @@ edge_rows = [l for l in labels if any(choices[s].get(l, {}).get("edge") for s in
 PAPER_ROW = {"fine-tuned": "fine-tuned", "multitask": "multitask", "averaging": "averaging",
              "task arithmetic": "task arithmetic", "TIES": "TIES", "Fisher": "Fisher", "RegMean": "RegMean",
              NO_VAL_TA: "task arithmetic (no validation)", NO_VAL_TIES: "TIES (no validation)"}
-for col in ["T5-base", "ViT-B/32", "IA3 / T0-3B"]:
+for col in S.family.paper_columns:
     table[f"paper {col}"] = [paper.table1(PAPER_ROW.get(m, ""), col) for m in table.method]
 caption = (f"Table 1. Test accuracy (%) of every method merging the {len(S.tasks)} task models: each task's mean over "
            f"{len(S.seeds)} training seeds ({', '.join(map(str, S.seeds))}), and the average over tasks with its 95 % "
@@ -237,12 +237,16 @@ comparisons.round(2)
 import seaborn as sns
 
 acc = per_seed.rename(columns={"accuracy": "val"})
-fig, axes = plots.figure(width=7.2, height=2.4, ncols=3)
+head_val = 100 * pd.DataFrame(S.at_seed(select[0]).evaluate_checkpoint(None, S.tasks, select_split, PRE))["accuracy"].mean()
+fig, axes = plots.figure(width=7.2, height=2.4, ncols=3, sharey=True)
+for ax in axes:
+    plots.head_line(ax, head_val, PRE)
 ta = acc[acc.method == "task_arithmetic"]
 plots.seed_band(axes[0], ta, "lam", "val", color=plots.METHOD_COLORS["task arithmetic"])
 axes[0].axvline(1 / len(S.tasks), color="grey", ls=":", lw=0.8)
 axes[0].set(xscale="log", xlabel="task arithmetic λ (scales the sum)", ylabel=f"mean accuracy, {select_split} (%)",
             title="Task arithmetic")
+plots.legend_below(axes[0], ncol=1)
 plots.log_ticks(axes[0], ta_lams)
 ties = acc[acc.method == "ties"]
 shades = dict(zip(sorted(ties.k.unique()), sns.color_palette("Oranges", ties.k.nunique() + 2)[2:]))

@@ -48,12 +48,14 @@ n = len(S.tasks)
 methods = [("average", "averaging", {}), ("task_arithmetic", "task arithmetic", {"lam": ta_lam}),
            ("ties", "TIES", {"k": ties_k, "lam": ties_lam})]
 combos = {size: analysis.balanced_subsets(S.tasks, size, rounds, seed) for size in range(2, n + 1)}
-nt_rows = []
+nt_rows, head_rows = [], []
 for Ss in S.each_seed():
     if Ss.seed not in seeds:
         continue
     reference = {(Ss.seed, r["task"]): r["accuracy"]
                  for t in S.tasks for r in Ss.evaluate_checkpoint(t, [t], split, "fine-tuned")}
+    head_rows += [dict(r, seed=Ss.seed, normalized=100 * r["accuracy"] / reference[(Ss.seed, r["task"])])
+                  for r in Ss.evaluate_checkpoint(None, S.tasks, split, S.family.pretrained_label)]
     zero = [t for (_, t), acc in reference.items() if acc == 0]
     if zero:  # normalized accuracy divides by it
         raise TiesnbError(f"seed {Ss.seed}: the fine-tuned model of {', '.join(zero)} scores 0 on {split}: "
@@ -73,6 +75,7 @@ fig, ax = plots.figure(height=2.5)
 for label in ["averaging", "task arithmetic", "TIES"]:
     plots.seed_band(ax, per_seed[per_seed.method == label], "n_models", "normalized",
                     color=plots.METHOD_COLORS[label if label != "averaging" else "average"], label=label)
+plots.head_line(ax, pd.DataFrame(head_rows)["normalized"].mean(), S.family.pretrained_label)
 ax.set(xlabel="number of tasks merged", ylabel="normalized accuracy (%)",
        title=f"Merging more tasks ({'whole test split' if split == 'test' else split.replace('test[:', 'first ').rstrip(']') + ' test examples'}"
              f" per task; mean over subsets, {len(seeds)} seeds)")

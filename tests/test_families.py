@@ -176,14 +176,14 @@ def test_a_study_of_existing_clip_models_runs_every_notebook(tiny_clip_study, tm
     # 60 test images: the tiny models score above 0 on each task (num_tasks divides by it)
     (params / "released" / "study.yaml").write_text(yaml.safe_dump({**src, "name": "released", "task_models": released,
                                                                     "n_test": 60}))
-    for nb in ("merge_sweep", "ablations", "num_tasks", "interference", "evaluate", "variants"):
+    for nb in ("merge_sweep", "ablations", "num_tasks", "interference", "evaluate"):
         small = yaml.safe_load((paths.PARAMS / "smoke" / f"{nb}.yaml").read_text()) if (paths.PARAMS / "smoke" / f"{nb}.yaml").exists() else {}
         small = {**(small or {}), **({"split": "test"} if nb == "num_tasks" else {})}
         (params / "released" / f"{nb}.yaml").write_text(yaml.safe_dump(small))
     env = {**os.environ, "TIESNB_RUNS": str(tmp_path / "runs"), "TIESNB_PARAMS": str(params), "PYTHONWARNINGS": "ignore"}
     for run, nb, extra in [("probe", "probe", {}), ("train-digits", "train", {"task": "digits"}),
                            ("train-multitask", "train", {"task": "multitask"}), ("evaluate", "evaluate", None),
-                           ("merge_sweep", "merge_sweep", None), ("variants", "variants", None),
+                           ("merge_sweep", "merge_sweep", None),
                            ("interference", "interference", None), ("ablations", "ablations", None),
                            ("num_tasks", "num_tasks", None)]:
         pfile = params / "released" / f"{run}.yaml"

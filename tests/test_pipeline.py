@@ -117,7 +117,7 @@ def test_lambda_sweep_reuse_is_exact(monkeypatch):
 def smoke_run(tmp_path_factory):
     runs = tmp_path_factory.mktemp("runs")
     env = {**os.environ, "TIESNB_RUNS": str(runs), "PYTHONWARNINGS": "ignore"}
-    order = ["probe", "train-bbc_news", "train-rotten_tomatoes", "train-multitask", "evaluate", "merge_sweep", "variants",
+    order = ["probe", "train-bbc_news", "train-rotten_tomatoes", "train-multitask", "evaluate", "merge_sweep",
              "interference", "ablations", "num_tasks"]
     for run in order:
         nb = run.split("-")[0]

@@ -114,6 +114,10 @@ def test_a_new_key_is_computed_again_and_the_same_key_is_read(tmp_path, package)
     assert calls == ["a"] and rows[0]["accuracy"] == 0.5 and list(rows[0]["pred"]) == [1, 0]
     assert rows[0]["seed"] == 3 and rows[0]["method_seed"] == 7  # the training seed, and DARE's own
     assert run()[0]["accuracy"] == 0.5 and calls == ["a"]  # read from the store
+    for other in ("families/vision.py", "data/images.py"):  # the vision family and its readers, edited
+        with open(package / other, "a") as f:
+            f.write("\n# edited\n")
+    assert run()[0]["accuracy"] == 0.5 and calls == ["a"]  # the text study's cached evaluation is still used
     with open(package / "families/text.py", "a") as f:
         f.write("\n# edited\n")
     run()

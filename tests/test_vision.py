@@ -1,7 +1,7 @@
 """The vision study's groundwork: image readers on the real small packages (their pixels checked
 against the pinned fingerprints), seeded class-balanced splits, EfficientNet-Lite0
-from its wheel, deterministic fine-tuning, and BatchNorm re-estimation against an independent
-computation."""
+from its wheel, prototype heads against a hand computation, the cosine schedule, deterministic
+fine-tuning with BatchNorm's statistics kept, and the vision study's pipeline on a few images."""
 
 import io
 
@@ -68,36 +68,50 @@ def test_tasks_split_class_balanced_and_seeded():
         img.load_image_task("svhn", 10, 10, 10)
 
 
+def test_each_image_task_has_the_distinct_images_its_spec_states():
+    import hashlib
+
+    for name, spec in img.IMAGE_TASKS.items():
+        x, y = img.source_images(spec.source)
+        keep = np.flatnonzero(np.isin(y, spec.classes))
+        assert len({hashlib.blake2b(x[i].tobytes(), digest_size=16).digest() for i in keep}) == spec.images, name
+
+
 def test_resize_keeps_constant_images_and_makes_rgb():
     x = np.full((3, 8, 8), 200, dtype=np.uint8)
     out = img.resize(x)
     assert out.shape == (3, 32, 32, 3) and (out == 200).all()
 
 
-def test_batchnorm_reestimation_against_an_independent_computation():
-    pytest.importorskip("efficientnet_lite_pytorch")
+def test_prototype_head_is_the_scaled_normalised_mean_of_normalised_embeddings():
     from tiesnb.families import vision
 
-    enc = vision.load_encoder(size=32)
-    rng = np.random.default_rng(0)
-    batch = rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
-    vision.reestimate_batchnorm(enc, [batch])
-    # independently: the stem convolution's output on the batch, its per-channel mean and
-    # unbiased variance (what BatchNorm's running statistics hold after one batch, momentum None)
-    x = (torch.from_numpy(batch).permute(0, 3, 1, 2).float() - 127.0) / 128.0
-    with torch.no_grad():
-        stem = enc.net._conv_stem(x)
-    bn0 = enc.net._bn0
-    assert torch.allclose(bn0.running_mean, stem.mean(dim=(0, 2, 3)), atol=1e-5)
-    assert torch.allclose(bn0.running_var, stem.var(dim=(0, 2, 3), unbiased=True), rtol=1e-4, atol=1e-6)
-    assert bn0.momentum is not None and not enc.training
-    # two batches: the average of their statistics
-    other = rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
-    vision.reestimate_batchnorm(enc, [batch, other])
-    y = (torch.from_numpy(other).permute(0, 3, 1, 2).float() - 127.0) / 128.0
-    with torch.no_grad():
-        stem2 = enc.net._conv_stem(y)
-    assert torch.allclose(bn0.running_mean, (stem.mean(dim=(0, 2, 3)) + stem2.mean(dim=(0, 2, 3))) / 2, atol=1e-5)
+    # class 0: the first two of three examples (per_class = 2); class 1: its one example
+    feats = torch.tensor([[3.0, 4.0, 0.0], [0.0, 2.0, 0.0], [9.0, 9.0, 9.0], [0.0, 0.0, 5.0]])
+    labels = torch.tensor([0, 0, 0, 1])
+    h = vision.prototype_head(feats, labels, 2, per_class=2, scale=10.0)
+    # by hand: class 0's normalised embeddings (0.6, 0.8, 0) and (0, 1, 0), mean (0.3, 0.9, 0),
+    # normalised (1, 3, 0)/√10; class 1: (0, 0, 1); the mean norm of the three used: (5 + 2 + 5)/3 = 4
+    want0 = torch.tensor([1.0, 3.0, 0.0]) / 10 ** 0.5 * (10.0 / 4)
+    assert torch.allclose(h["weight"][0], want0) and torch.allclose(h["weight"][1], torch.tensor([0, 0, 2.5]))
+    assert torch.equal(h["bias"], torch.zeros(2))
+    # the logits of an embedding of the average norm: scale × cosine
+    x = torch.tensor([0.0, 4.0, 0.0])
+    assert torch.allclose(h["weight"] @ x, 10.0 * torch.tensor([3 / 10 ** 0.5, 0.0]))
+    with pytest.raises(TiesnbError, match="no example of class 1"):
+        vision.prototype_head(feats[:3], labels[:3], 2, per_class=2, scale=10.0)
+
+
+def test_cosine_schedule_warms_up_then_follows_half_a_cosine_to_zero():
+    import math
+
+    from tiesnb.training import TrainConfig, cosine_schedule
+
+    cfg = TrainConfig(tasks=["t"], steps=110, warmup=10 / 110)
+    assert [cosine_schedule(s, cfg) for s in (0, 4, 9)] == [0.1, 0.5, 1.0]  # linear warm-up over 10 steps
+    assert cosine_schedule(10, cfg) == 1.0 and cosine_schedule(110, cfg) == pytest.approx(0.0, abs=1e-12)
+    assert cosine_schedule(60, cfg) == pytest.approx(0.5)  # half way down: cos(π/2)
+    assert cosine_schedule(35, cfg) == pytest.approx((1 + math.cos(math.pi / 4)) / 2)
 
 
 def _tiny_task(n=24, seed=1):
@@ -109,16 +123,15 @@ def _tiny_task(n=24, seed=1):
     return ImageTaskData("t", ("a", "b"), (x, y), (x[:4], y[:4]), (x[:8], y[:8]), "fp")
 
 
-def test_fine_tuning_is_deterministic_and_keeps_frozen_statistics():
+def test_fine_tuning_is_deterministic_and_keeps_the_batchnorm_statistics():
     pytest.importorskip("efficientnet_lite_pytorch")
     from tiesnb.families import vision
-    from tiesnb.training import fit_linear
 
     d = _tiny_task()
     x, y = d.train
     enc = vision.load_encoder(size=32)
-    head = fit_linear(vision.features(enc, x), torch.from_numpy(y), 2)
-    heads = {"t.weight": head.weight.detach(), "t.bias": head.bias.detach()}
+    head = vision.prototype_head(vision.features(enc, x), torch.from_numpy(y), 2, per_class=4, scale=30.0)
+    heads = {"t.weight": head["weight"], "t.bias": head["bias"]}
     cfg = lambda **k: vision.VisionTrainConfig(**{"tasks": ["t"], "steps": 2, "batch_size": 8, "lr": 1e-3,  # noqa: E731
                                                   "seed": 5, "image_size": 32, "autocast": "off", **k})
     states = [vision.finetune(cfg(), {"t": d}, heads, progress=False) for _ in range(2)]
@@ -126,12 +139,13 @@ def test_fine_tuning_is_deterministic_and_keeps_frozen_statistics():
     other = vision.finetune(cfg(seed=6), {"t": d}, heads, progress=False)
     assert not torch.equal(other["_conv_stem.weight"], states[0]["_conv_stem.weight"])
     pre = vision.encoder_state(vision.load_encoder(size=32))
-    assert torch.equal(states[0]["_bn0.running_mean"], pre["_bn0.running_mean"])  # frozen: statistics kept
+    assert all(torch.equal(states[0][k], pre[k]) for k in pre if "running" in k)  # the pretrained statistics
     assert not torch.equal(states[0]["_conv_stem.weight"], pre["_conv_stem.weight"])
-    trained = vision.finetune(cfg(steps=1, batchnorm="train"), {"t": d}, heads, progress=False)
-    assert not torch.equal(trained["_bn0.running_mean"], pre["_bn0.running_mean"])
-    with pytest.raises(TiesnbError, match="batchnorm must be frozen or train"):
-        vision.finetune(cfg(batchnorm="eval"), {"t": d}, heads, progress=False)
+    linear = vision.finetune(cfg(schedule="linear", steps=3), {"t": d}, heads, progress=False)
+    cosine = vision.finetune(cfg(steps=3), {"t": d}, heads, progress=False)
+    assert not torch.equal(linear["_conv_stem.weight"], cosine["_conv_stem.weight"])  # the schedule is used
+    with pytest.raises(TiesnbError, match="vision.schedule must be one of linear, cosine"):
+        vision.finetune(cfg(schedule="step"), {"t": d}, heads, progress=False)
 
 
 def test_grams_of_pointwise_convolutions_and_regmean_on_them():
@@ -183,7 +197,7 @@ def vision_smoke_run(tmp_path_factory):
     runs = tmp_path_factory.mktemp("runs")
     env = {**os.environ, "TIESNB_RUNS": str(runs), "PYTHONWARNINGS": "ignore"}
     for run in ["probe", "train-digits", "train-fashion_gear", "train-multitask", "evaluate", "merge_sweep",
-                "interference", "ablations", "num_tasks", "variants"]:
+                "interference", "ablations", "num_tasks"]:
         nb = run.split("-")[0]
         own = paths.PARAMS / "vision-smoke" / f"{run}.yaml"
         params = own if own.exists() else paths.PARAMS / "vision" / f"{run}.yaml"
@@ -193,37 +207,31 @@ def vision_smoke_run(tmp_path_factory):
     return runs / "vision-smoke"
 
 
-def test_the_vision_study_writes_every_output_and_the_batchnorm_table(vision_smoke_run):
+def test_the_vision_study_writes_every_output_with_the_prototype_head(vision_smoke_run):
     import pandas as pd
 
     from tiesnb import pipeline
 
     figures = vision_smoke_run / "figures"
-    for name in [o for outs in pipeline.OUTPUTS.values() for o in outs] + ["batchnorm"]:
+    for name in [o for outs in pipeline.OUTPUTS.values() for o in outs]:
         assert (figures / f"{name}.csv").stat().st_size > 0, name
+    assert not list(figures.glob("batchnorm.*"))
     for seed in (0, 1):
         for task in ("digits", "fashion_gear", "multitask"):
             assert (vision_smoke_run / f"seed-{seed}" / "checkpoints" / task / "model.safetensors").exists()
     t1 = pd.read_csv(figures / "table1.csv")
-    assert {"probe", "fine-tuned", "TIES", "RegMean", "Fisher"} <= set(t1.method)
-    assert "paper ViT-B/32" in t1.columns
-    bn = pd.read_csv(figures / "batchnorm.csv")
-    assert set(bn.variant) == {"kept", "re-estimated"} and set(bn.method) == set(t1.method)
-    # the kept variant is Table 1 itself (the same cached evaluations)
-    kept = bn[bn.variant == "kept"].set_index("method")["average"]
-    assert kept.loc[t1.method].to_numpy() == pytest.approx(t1.set_index("method")["average"].to_numpy())
-    md = (figures / "batchnorm.md").read_text()
-    assert "The study's tables use: kept" in md and "re-estimated − kept [95% CI]" in md
+    assert {"prototype head", "fine-tuned", "TIES", "RegMean", "Fisher"} <= set(t1.method)
+    assert "zero-shot" not in set(t1.method) and "probe" not in set(t1.method)
+    # the family's paper columns: ViT-B/32 only (the paper's vision setting)
+    assert [c for c in t1.columns if c.startswith("paper ")] == ["paper ViT-B/32"]
+    # prototype heads: no bias, and every class's row of a task has the same norm (scale / the mean
+    # embedding norm), which a fitted probe's rows would not
+    import json
 
+    from tiesnb.checkpoints import load_state_dict
 
-def test_batchnorm_reestimation_is_deterministic_with_drop_connect_in_the_model():
-    pytest.importorskip("efficientnet_lite_pytorch")
-    from tiesnb.families import vision
-
-    batch = np.random.default_rng(3).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
-    stats = []
-    for seed in (0, 1):  # another global random state must not change the statistics
-        torch.manual_seed(seed)
-        enc = vision.reestimate_batchnorm(vision.load_encoder(size=32), [batch])
-        stats.append({k: v for k, v in vision.encoder_state(enc).items() if "running" in k})
-    assert all(torch.equal(stats[0][k], stats[1][k]) for k in stats[0])
+    heads = load_state_dict(vision_smoke_run / "heads")
+    assert json.loads((vision_smoke_run / "heads" / "params.json").read_text())["resolved"]["head"] == "prototype"
+    for task in ("digits", "fashion_gear"):
+        norms = heads[f"{task}.weight"].norm(dim=1)
+        assert torch.allclose(norms, norms[0].expand_as(norms), rtol=1e-5) and not heads[f"{task}.bias"].any()

@@ -179,7 +179,9 @@ def cmd_data(args) -> int:
         print(f"{len(rows) - len(bad)} of {len(rows)} pinned sources are served as pinned"
               + (f"; not: {', '.join(f'{r[1].label} ({r[2]})' for r in bad)}" if bad else ""))
         return 1 if bad else 0
-    if args.assets:
+    if args.all:
+        needed = {a: ["the tests"] for a in assets.ASSETS}
+    elif args.assets:
         needed = {a: [] for a in args.assets}
     else:
         needed = _study_assets(args.study)
@@ -239,6 +241,7 @@ def main(argv=None) -> int:
     p.add_argument("assets", nargs="*", help="asset names (tiesnb/data/assets.py), or the file / folder")
     p.add_argument("--out", help="story-cloze: where to write validation.jsonl and test.jsonl (default CSV_DIR/story_cloze)")
     p.add_argument("--study", help="fetch, check, export: what this study reads (default: the default study; check: every asset)")
+    p.add_argument("--all", action="store_true", help="fetch: every pinned asset (what the tests read)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_data)
     p = sub.add_parser("findings", help="regenerate the README's result tables and numbers from figures/*.csv")

@@ -72,14 +72,17 @@ class Findings:
     # ---------------------------------------------------------------- blocks
     def table1(self) -> str:
         t = self.csv("table1")
+        # the paper's columns the family put beside its table (Family.paper_columns), IA3 aside: its
+        # tasks are not the study's kind
+        paper = [c for c in t.columns if c.startswith("paper ") and "IA3" not in c]
         rows = []
         for _, r in t.iterrows():
             name = f"**{r['method']}**" if r["method"] == "TIES" else r["method"]
             rows.append([name, "" if pd.isna(r.get("setting")) else str(r["setting"]),
                          _ci(r.average, r.average_lo, r.average_hi), f"{_num(r.seed_min)}–{_num(r.seed_max)}",
-                         _num(r.get("paper T5-base")), _num(r.get("paper ViT-B/32"))])
-        return _md(rows, ["method", "chosen on validation", "test accuracy (%) [95 % CI]", "seeds (min–max)",
-                          "paper T5-base", "paper ViT-B/32"], "llrrrr")
+                         *(_num(r[c]) for c in paper)])
+        return _md(rows, ["method", "chosen on validation", "test accuracy (%) [95 % CI]", "seeds (min–max)", *paper],
+                   "llrr" + "r" * len(paper))
 
     def comparisons(self) -> str:
         c = self.csv("comparisons")
@@ -120,23 +123,48 @@ class Findings:
         return _md(rows, ["task", pre, "fine-tuned", "gain [95 % CI, bootstrap]", "seed-level t",
                           "lowest / highest seed", "verdict"], "lrrrrrl")
 
+    def recovered(self) -> str:
+        """The share of the fine-tuning gain over the pretrained encoder's heads that each model
+        keeps, (model − head) / (fine-tuned − head), per seed from the test predictions (averages
+        over tasks), with its seed-level t interval, beside the paper's ViT-B/32 share."""
+        from . import paper, stats
+
+        pred = pd.read_csv(self.folder / "predictions" / "table1.csv", usecols=["label", "seed", "task", "accuracy"])
+        avg = pred.groupby(["label", "seed"])["accuracy"].mean().unstack("seed") * 100  # label × seed
+        order = list(dict.fromkeys(pred.label))
+        head, rest = order[0], [m for m in order[1:] if m != "fine-tuned"]
+        gain = avg.loc["fine-tuned"] - avg.loc[head]
+        rows = []
+        for m in rest:
+            share = (avg.loc[m] - avg.loc[head]) / gain * 100
+            iv = stats.t_interval(share.to_numpy())
+            ref = paper.recovered(m.split(" (")[0] if "no validation" not in m else "")
+            rows.append([m, _ci(iv.mean, iv.lo, iv.hi), f"{_num(share.min())} / {_num(share.max())}",
+                         "" if ref is None else f"~{ref:.0f}"])
+        return _md(rows, [f"model (the reference: {head}, {_num(avg.loc[head].mean())} %; fine-tuned "
+                          f"{_num(avg.loc['fine-tuned'].mean())} %)", "share of the gain kept (%) [95 % CI, seed-level t]",
+                          "lowest / highest seed", "paper ViT-B/32 (zero-shot ~48)"], "lrrr")
+
     def tasks(self) -> str:
         """The data table: each task's source (and fallbacks), license, size, and what fine-tuning gains."""
         from .data.assets import ASSETS
+        from .data.images import IMAGE_TASKS
         from .data.tasks import TASKS
 
         ind = self.csv("individual").set_index("method")
         gains = self.csv("gains").set_index("task")
         pre = ind.index[0]
         rows = []
-        for task in [c for c in ind.columns if c in TASKS]:
-            spec, asset = TASKS[task], ASSETS[TASKS[task].asset]
+        for task in [c for c in ind.columns if c in TASKS or c in IMAGE_TASKS]:
+            spec = TASKS[task] if task in TASKS else IMAGE_TASKS[task]
+            asset = ASSETS[spec.asset]
+            kind, size = (spec.kind, spec.n_examples) if task in TASKS else (spec.what, spec.images)
             first, *rest = asset.sources
             source = f"{first.registry}: `{first.package}` {first.version}" + (
                 "; fallback " + ", ".join(f"`{s.package}` {s.version}" for s in rest) if rest else "; no same-content fallback")
             g = gains.loc[task]
             per_seed = [g[s] for s in self.seeds("gains")]
-            rows.append([task, spec.kind, source, first.license, f"{spec.n_examples:,}", str(len(spec.labels)),
+            rows.append([task, kind, source, first.license, f"{size:,}", str(len(spec.labels)),
                          _num(ind.loc[pre, task]), _num(ind.loc["fine-tuned", task]),
                          f"{_ci(g.difference, g.lo, g.hi, sign=True)}; t {_t(g)}", _num(min(per_seed), sign=True)])
         return _md(rows, ["task", "kind", "source", "license (as the package states it)", "examples", "classes", pre,
@@ -268,7 +296,7 @@ BLOCKS: dict[str, Callable[[Findings], str]] = {
     "claims": lambda f: claims_table({NAMES.get(f.folder.name, f.folder.name): f}),
     "tasks": Findings.tasks,
     "table1": Findings.table1, "comparisons": Findings.comparisons, "ablations": Findings.ablations,
-    "gains": Findings.gains, "contributions": Findings.contributions}
+    "gains": Findings.gains, "contributions": Findings.contributions, "recovered": Findings.recovered}
 
 
 NAMES = {"figures": "text (MiniLM)", "vision": "vision (EfficientNet-Lite0)"}  # a study's column, by its folder

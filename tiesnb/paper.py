@@ -40,7 +40,19 @@ ABLATION = {
 # Oracle sign (IA3, the Table 1 setting): TIES 66.4 → 72.0 with the multitask model's sign vector
 ORACLE = {"TIES": 66.4, "TIES with the multitask model's signs (oracle)": 72.0}
 
-SOURCE = {"TABLE1": SECOND_HAND, "ABLATION": SECOND_HAND, "ORACLE": SECOND_HAND}
+# The zero-shot ViT-B/32 average over the 8 vision tasks, approximate (~48; task arithmetic's paper
+# reports it, TIES's Table 1 does not): the reference of the paper's share of the fine-tuning gain
+# that a merge recovers, (merge − zero-shot) / (fine-tuned − zero-shot)
+ZERO_SHOT = {"ViT-B/32": 48.0}
+
+
+def recovered(method: str, setting: str = "ViT-B/32") -> float | None:
+    """The share (%) of the fine-tuning gain over the zero-shot model that the paper's merge keeps."""
+    m, ft, zs = table1(method, setting), table1("fine-tuned", setting), ZERO_SHOT.get(setting)
+    return None if m is None or ft is None or zs is None else 100 * (m - zs) / (ft - zs)
+
+
+SOURCE = {"TABLE1": SECOND_HAND, "ABLATION": SECOND_HAND, "ORACLE": SECOND_HAND, "ZERO_SHOT": SECOND_HAND}
 
 
 def table1(method: str, setting: str) -> float | None:

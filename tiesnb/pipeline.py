@@ -31,7 +31,7 @@ from .progress import Relay
 
 # The study's notebooks in the order they run, and the figures and tables each one writes
 # (each output is written by exactly one notebook, under a fixed name).
-NOTEBOOKS = ["probe", "train", "evaluate", "merge_sweep", "interference", "ablations", "num_tasks", "variants"]
+NOTEBOOKS = ["probe", "train", "evaluate", "merge_sweep", "interference", "ablations", "num_tasks"]
 OUTPUTS = {
     "probe": [],
     "train": [],
@@ -40,13 +40,10 @@ OUTPUTS = {
     "interference": ["redundancy", "sign_conflicts", "magnitudes"],
     "ablations": ["ablations"],
     "num_tasks": ["num_tasks"],
-    "variants": [],
 }
-# written only for a family with evaluation variants (vision: BatchNorm kept / re-estimated)
-FAMILY_OUTPUTS = {"batchnorm": "variants"}
 
 # the outputs that are tables (CSV + Markdown); the others are figures (PNG + PDF + CSV)
-TABLES = {"individual", "gains", "table1", "merge_sweep", "comparisons", "contributions", "ablations", "batchnorm"}
+TABLES = {"individual", "gains", "table1", "merge_sweep", "comparisons", "contributions", "ablations"}
 
 _TYPES = {"str": str, "int": int, "float": float, "bool": bool, "list": list, "dict": dict, "None": type(None)}
 
@@ -187,8 +184,6 @@ def run(notebook: str, study: str, params_file: str | Path | None = None, run_na
 def owner(output: str) -> str:
     """The notebook that writes a figure or table (by name, with or without extension)."""
     name = Path(output).name.split(".")[0]
-    if name in FAMILY_OUTPUTS:
-        return FAMILY_OUTPUTS[name]
     for nb, outs in OUTPUTS.items():
         if name in outs:
             return nb

@@ -10,8 +10,7 @@ PALETTE = sns.color_palette("colorblind")
 METHOD_COLORS = {
     "average": PALETTE[7], "task arithmetic": PALETTE[0], "TIES": PALETTE[3], "Fisher": PALETTE[4],
     "RegMean": PALETTE[2], "DARE": PALETTE[1], "multitask": PALETTE[5], "fine-tuned": PALETTE[9],
-    "zero-shot": PALETTE[8],
-    "probe": PALETTE[8],
+    "zero-shot": PALETTE[8], "probe": PALETTE[8], "prototype head": PALETTE[8],
 }
 WIDTH = 3.4  # inches: one column of a two-column paper
 
@@ -40,6 +39,12 @@ def seed_band(ax, df, x: str, y: str, color=None, label: str | None = None, ls: 
     if df[seed].nunique() > 1:
         ax.fill_between(mean.index, lo.values, hi.values, color=color, alpha=0.18, lw=0)
     return mean
+
+
+def head_line(ax, value: float, label: str) -> None:
+    """The pretrained encoder through its heads (the family's ``pretrained_label``) as a dotted
+    horizontal reference line: what every merge is measured against."""
+    ax.axhline(value, color=METHOD_COLORS.get(label, "grey"), ls=":", lw=1.0, label=f"{label} (pretrained)")
 
 
 def legend_outside(ax, **kw) -> None:

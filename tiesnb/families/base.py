@@ -41,6 +41,10 @@ class Family:
     # the package files, besides its own module, that its data and evaluations run (the code part of
     # the evaluation key, tiesnb/study/store.py): its data readers
     code: tuple[str, ...] = ()
+    # the paper's columns beside the study's tables (tiesnb/paper.py): Table 1's settings, and the
+    # ablation table's (the paper ablates T5-base and IA3 only; "IA3" brings its oracle-sign row)
+    paper_columns: tuple[str, ...] = ("T5-base", "ViT-B/32", "IA3 / T0-3B")
+    paper_ablation_columns: tuple[str, ...] = ("T5-base", "IA3")
 
     def task_asset(self, task: str) -> str | None:
         """The offline asset a task's data is read from (None: the hub, or data_dir)."""
@@ -150,16 +154,6 @@ class Family:
         """An object whose ``scores(state, task, split)`` gives ``(predictions, correct per
         example, spread over templates or None)`` (``state`` None: the pretrained model)."""
         raise NotImplementedError
-
-    variants_name = "variants"  # the table of the evaluation variants (figures/<name>.md)
-
-    def evaluation_variants(self, study) -> dict[str, dict]:
-        """Other ways to evaluate the same models, ``{name: settings to change}`` (the first is the
-        reference of the paired difference; {}: one way only)."""
-        return {}
-
-    def variants_caption(self, study) -> str:
-        return ""
 
     def statistic(self, study, kind: str, task: str, progress: bool) -> dict[str, torch.Tensor]:
         """The diagonal Fisher (``fisher``) or the input Gram matrices (``grams``) of a task model."""

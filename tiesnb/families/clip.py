@@ -194,6 +194,7 @@ def features(enc: ImageEncoder, images, batch_size: int) -> torch.Tensor:
 @dataclass
 class CLIPTrainConfig(TrainConfig):
     model_path: str = ""
+    schedule: str = "cosine"  # after the warm-up: cosine (task arithmetic's recipe) | linear
 
 
 def finetune(cfg: CLIPTrainConfig, data: Mapping[str, ImageTaskData], heads_state: Mapping[str, torch.Tensor],
@@ -243,6 +244,7 @@ class CLIPSettings:
     data_dir: str = ""  # local copies <task>/<split>.parquet (default: the hub or its cache)
     templates: str = "ensemble"  # ensemble: clip_benchmark's prompts and class names per dataset | single: template
     template: str = "a photo of a {}."  # the one prompt (templates: single, or a task clip_benchmark lacks)
+    schedule: str = "cosine"  # after the warm-up: cosine (task arithmetic's recipe) | linear
 
 
 class CLIPVision(Family):
@@ -263,6 +265,11 @@ class CLIPVision(Family):
         if "{}" not in study.settings.template:
             raise TiesnbError(f"study {study.config.name}: clip.template must hold {{}} for the class name, "
                               f"got {study.settings.template!r}")
+        from ..training import SCHEDULES
+
+        if study.settings.schedule not in SCHEDULES:
+            raise TiesnbError(f"study {study.config.name}: clip.schedule must be one of {', '.join(SCHEDULES)}, "
+                              f"got {study.settings.schedule!r}")
 
     def load_task(self, study, task: str):
         c = study.config
@@ -305,7 +312,7 @@ class CLIPVision(Family):
         c = study.config
         return CLIPTrainConfig(tasks=tasks, mode=c.mode, batch_size=c.batch_size, lr=c.lr, weight_decay=c.weight_decay,
                                warmup=c.warmup, seed=study.seed, autocast=c.autocast, threads=study.threads,
-                               model_path=study.settings.model_path)
+                               model_path=study.settings.model_path, schedule=study.settings.schedule)
 
     def trainer(self):
         return finetune

