@@ -12,15 +12,16 @@
 # ---
 
 # %% [markdown]
-# # Linear probes: one fixed head per task
+# # The fixed heads: one per task
 #
 # Every encoder of the study — pretrained, fine-tuned, multitask, merged — is read through the
-# same linear head per task. The heads are fitted here, once, on the frozen pretrained encoder
-# (multinomial logistic regression on mean-pooled sentence embeddings), as the paper's ViT
-# protocol keeps fixed classification heads. Their accuracy with the pretrained encoder is the
-# study's "probe" row (the family's `pretrained_label`). (A seq2seq study scores answer choices by
-# rank classification and needs no heads: this step then only measures the pretrained model,
-# zero-shot; CLIP's heads come from its text tower, zero-shot too.)
+# same head per task, built here once on the frozen pretrained encoder, as the paper's ViT protocol
+# keeps fixed classification heads. The family decides what a head is: the text family fits a
+# linear probe (multinomial logistic regression on mean-pooled sentence embeddings); the vision
+# family builds prototype heads (normalised mean embeddings of a few labelled images per class, no
+# fitting); CLIP's come from its text tower; a seq2seq study scores answer choices by rank
+# classification and needs none. The pretrained encoder's accuracy through them is the study's
+# reference row, named by the family (`pretrained_label`: "probe", "prototype head", "zero-shot").
 
 # %% tags=["parameters"]
 study: str = "default"  # which study: params/<study>/study.yaml
