@@ -68,8 +68,8 @@ def heads(d, enc):
     proto, probe = {}, {}
     for t, task in d.items():
         x, y = task.train
-        pick = np.concatenate([np.flatnonzero(y == c)[:PROTO_EXAMPLES] for c in range(len(task.labels))])
-        h = V.prototype_head(V.features(enc, x[pick]), torch.from_numpy(y[pick]), len(task.labels), PROTO_EXAMPLES, PROTO_SCALE)
+        pick = V.prototype_examples(y, len(task.labels), PROTO_EXAMPLES, t)
+        h = V.prototype_head(V.features(enc, x[pick]), torch.from_numpy(y[pick]), len(task.labels), PROTO_SCALE)
         proto[f"{t}.weight"], proto[f"{t}.bias"] = h["weight"], h["bias"]
         lin = fit_linear(V.features(enc, x[:1000]).clone(), torch.from_numpy(y[:1000]), len(task.labels))
         probe[f"{t}.weight"], probe[f"{t}.bias"] = lin.weight.detach().clone(), lin.bias.detach().clone()

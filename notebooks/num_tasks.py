@@ -54,12 +54,12 @@ for Ss in S.each_seed():
         continue
     reference = {(Ss.seed, r["task"]): r["accuracy"]
                  for t in S.tasks for r in Ss.evaluate_checkpoint(t, [t], split, "fine-tuned")}
-    head_rows += [dict(r, seed=Ss.seed, normalized=100 * r["accuracy"] / reference[(Ss.seed, r["task"])])
-                  for r in Ss.evaluate_checkpoint(None, S.tasks, split, S.family.pretrained_label)]
     zero = [t for (_, t), acc in reference.items() if acc == 0]
     if zero:  # normalized accuracy divides by it
         raise TiesnbError(f"seed {Ss.seed}: the fine-tuned model of {', '.join(zero)} scores 0 on {split}: "
                           f"normalized accuracy is undefined")
+    head_rows += [dict(r, seed=Ss.seed, normalized=100 * r["accuracy"] / reference[(Ss.seed, r["task"])])
+                  for r in Ss.evaluate_checkpoint(None, S.tasks, split, S.family.pretrained_label)]
     todo = [(size, draw, c) for size in combos for draw, c in enumerate(combos[size])]
     for size, draw, combo in progress.bar(todo, desc=f"number of tasks (seed {Ss.seed})"):
         for method, label, hp in methods:

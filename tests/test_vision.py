@@ -88,8 +88,10 @@ def test_prototype_head_is_the_scaled_normalised_mean_of_normalised_embeddings()
 
     # class 0: the first two of three examples (per_class = 2); class 1: its one example
     feats = torch.tensor([[3.0, 4.0, 0.0], [0.0, 2.0, 0.0], [9.0, 9.0, 9.0], [0.0, 0.0, 5.0]])
-    labels = torch.tensor([0, 0, 0, 1])
-    h = vision.prototype_head(feats, labels, 2, per_class=2, scale=10.0)
+    labels = np.array([0, 0, 0, 1])
+    pick = vision.prototype_examples(labels, 2, per_class=2)
+    assert pick.tolist() == [0, 1, 3]
+    h = vision.prototype_head(feats[pick], torch.from_numpy(labels[pick]), 2, scale=10.0)
     # by hand: class 0's normalised embeddings (0.6, 0.8, 0) and (0, 1, 0), mean (0.3, 0.9, 0),
     # normalised (1, 3, 0)/√10; class 1: (0, 0, 1); the mean norm of the three used: (5 + 2 + 5)/3 = 4
     want0 = torch.tensor([1.0, 3.0, 0.0]) / 10 ** 0.5 * (10.0 / 4)
@@ -98,8 +100,8 @@ def test_prototype_head_is_the_scaled_normalised_mean_of_normalised_embeddings()
     # the logits of an embedding of the average norm: scale × cosine
     x = torch.tensor([0.0, 4.0, 0.0])
     assert torch.allclose(h["weight"] @ x, 10.0 * torch.tensor([3 / 10 ** 0.5, 0.0]))
-    with pytest.raises(TiesnbError, match="no example of class 1"):
-        vision.prototype_head(feats[:3], labels[:3], 2, per_class=2, scale=10.0)
+    with pytest.raises(TiesnbError, match="prototype head of task 'x': no training example of class 1 among 3"):
+        vision.prototype_examples(labels[:3], 2, per_class=2, task="x")
 
 
 def test_cosine_schedule_warms_up_then_follows_half_a_cosine_to_zero():
@@ -130,7 +132,7 @@ def test_fine_tuning_is_deterministic_and_keeps_the_batchnorm_statistics():
     d = _tiny_task()
     x, y = d.train
     enc = vision.load_encoder(size=32)
-    head = vision.prototype_head(vision.features(enc, x), torch.from_numpy(y), 2, per_class=4, scale=30.0)
+    head = vision.prototype_head(vision.features(enc, x), torch.from_numpy(y), 2, scale=30.0)
     heads = {"t.weight": head["weight"], "t.bias": head["bias"]}
     cfg = lambda **k: vision.VisionTrainConfig(**{"tasks": ["t"], "steps": 2, "batch_size": 8, "lr": 1e-3,  # noqa: E731
                                                   "seed": 5, "image_size": 32, "autocast": "off", **k})
@@ -144,7 +146,7 @@ def test_fine_tuning_is_deterministic_and_keeps_the_batchnorm_statistics():
     linear = vision.finetune(cfg(schedule="linear", steps=3), {"t": d}, heads, progress=False)
     cosine = vision.finetune(cfg(steps=3), {"t": d}, heads, progress=False)
     assert not torch.equal(linear["_conv_stem.weight"], cosine["_conv_stem.weight"])  # the schedule is used
-    with pytest.raises(TiesnbError, match="vision.schedule must be one of linear, cosine"):
+    with pytest.raises(TiesnbError, match="schedule must be one of linear, cosine, got 'step'"):
         vision.finetune(cfg(schedule="step"), {"t": d}, heads, progress=False)
 
 

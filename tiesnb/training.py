@@ -208,6 +208,25 @@ def cosine_schedule(step: int, cfg: TrainConfig) -> float:
 SCHEDULES = {"linear": linear_schedule, "cosine": cosine_schedule}
 
 
+def check_schedule(name: str, where: str = "") -> None:
+    """A one-line error for a schedule :func:`fine_tune_loop` does not know (``where``: what the
+    setting is called, e.g. ``study vision: vision.``)."""
+    if name not in SCHEDULES:
+        raise TiesnbError(f"{where}schedule must be one of {', '.join(SCHEDULES)}, got {name!r}")
+
+
+@dataclass
+class ScheduledTrainConfig(TrainConfig):
+    """The settings of a trainer that runs :func:`fine_tune_loop` (vision, clip): after the
+    warm-up, ``schedule`` (one of ``SCHEDULES``)."""
+
+    schedule: str = "cosine"
+
+    def check(self) -> None:
+        super().check()
+        check_schedule(self.schedule)
+
+
 class Sampler:
     """The order in which training examples are drawn, seeded: each task's examples in epochs of
     random permutations; a multitask batch draws each example's task uniformly, then sorts the
@@ -245,16 +264,16 @@ def heads_loss(heads: "Heads", picks: Sequence[tuple[str, int]], pooled: torch.T
     return loss / len(picks)
 
 
-def fine_tune_loop(encoder: torch.nn.Module, heads: "Heads", cfg: TrainConfig, sizes: Mapping[str, int], batch,
+def fine_tune_loop(encoder: torch.nn.Module, heads: "Heads", cfg: ScheduledTrainConfig, sizes: Mapping[str, int], batch,
                    progress: bool = True, history: list | None = None) -> None:
     """The fine-tuning loop of a family with one optimiser (vision, clip): AdamW over every
-    parameter of ``encoder``, the config's ``schedule`` (linear where it has none), batches from :class:`Sampler` over ``sizes``
+    parameter of ``encoder``, the config's ``schedule``, batches from :class:`Sampler` over ``sizes``
     (training examples per task); ``batch(picks) -> (inputs, labels)`` builds a batch. The
     caller puts the encoder in the mode it trains in (dropout, BatchNorm) beforehand."""
     from . import progress as progress_
 
     opt = torch.optim.AdamW(encoder.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    factor = SCHEDULES[getattr(cfg, "schedule", "linear")]
+    factor = SCHEDULES[cfg.schedule]
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: factor(s, cfg))
     sampler = Sampler(sizes, cfg.seed)
     name = "+".join(cfg.tasks) if len(cfg.tasks) < 3 else "multitask"

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from ..data.images import IMAGE_TASKS, ImageTaskData, load_image_task
 from ..errors import TiesnbError
-from ..training import TrainConfig, device, fine_tune_loop, heads_module, set_threads
+from ..training import ScheduledTrainConfig, check_schedule, device, fine_tune_loop, heads_module, set_threads
 from .base import Family
 from .common import LinearGrams, expected_fisher, quiet_transformers
 
@@ -192,9 +192,8 @@ def features(enc: ImageEncoder, images, batch_size: int) -> torch.Tensor:
 
 
 @dataclass
-class CLIPTrainConfig(TrainConfig):
+class CLIPTrainConfig(ScheduledTrainConfig):
     model_path: str = ""
-    schedule: str = "cosine"  # after the warm-up: cosine (task arithmetic's recipe) | linear
 
 
 def finetune(cfg: CLIPTrainConfig, data: Mapping[str, ImageTaskData], heads_state: Mapping[str, torch.Tensor],
@@ -265,11 +264,7 @@ class CLIPVision(Family):
         if "{}" not in study.settings.template:
             raise TiesnbError(f"study {study.config.name}: clip.template must hold {{}} for the class name, "
                               f"got {study.settings.template!r}")
-        from ..training import SCHEDULES
-
-        if study.settings.schedule not in SCHEDULES:
-            raise TiesnbError(f"study {study.config.name}: clip.schedule must be one of {', '.join(SCHEDULES)}, "
-                              f"got {study.settings.schedule!r}")
+        check_schedule(study.settings.schedule, f"study {study.config.name}: clip.")
 
     def load_task(self, study, task: str):
         c = study.config

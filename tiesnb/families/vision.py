@@ -48,7 +48,7 @@ import torch.nn.functional as F
 
 from .. import progress as progress_
 from ..errors import TiesnbError
-from ..training import SCHEDULES, TrainConfig, fine_tune_loop, heads_module, set_threads
+from ..training import ScheduledTrainConfig, check_schedule, fine_tune_loop, heads_module, set_threads
 from .base import Family
 from .common import LinearGrams, expected_fisher
 
@@ -127,16 +127,24 @@ def batchnorm_layers(enc: torch.nn.Module) -> list[torch.nn.Module]:
 
 
 @torch.no_grad()
-def prototype_head(feats: torch.Tensor, labels: torch.Tensor, n_classes: int, per_class: int, scale: float) -> dict[str, torch.Tensor]:
-    """A head that knows the classes from ``per_class`` labelled examples each (the first of each
-    class in ``feats``' order): weight row c = normalised mean of the class's normalised
+def prototype_examples(labels: np.ndarray, n_classes: int, per_class: int, task: str = "") -> np.ndarray:
+    """The indices of the first ``per_class`` examples of each class (in the split's seeded order)."""
+    picks = [np.flatnonzero(labels == c)[:per_class] for c in range(n_classes)]
+    empty = [c for c, p in enumerate(picks) if len(p) == 0]
+    if empty:
+        raise TiesnbError(f"prototype head of task {task!r}: no training example of class {empty[0]} among "
+                          f"{len(labels)}: raise n_train")
+    return np.concatenate(picks)
+
+
+def prototype_head(feats: torch.Tensor, labels: torch.Tensor, n_classes: int, scale: float) -> dict[str, torch.Tensor]:
+    """A head that knows the classes from a few labelled examples (every class needs one; see
+    :func:`prototype_examples`): weight row c = normalised mean of class c's normalised
     embeddings × ``scale`` / (the examples' mean embedding norm); bias 0. The argmax is the
     nearest prototype by cosine; the logits of an image of average norm are ``scale`` × cosine."""
     rows, norms = [], []
     for c in range(n_classes):
-        f = feats[labels == c][:per_class].float()
-        if len(f) == 0:
-            raise TiesnbError(f"prototype head: no example of class {c} among {len(labels)} training images")
+        f = feats[labels == c].float()
         norms.append(f.norm(dim=1))
         m = F.normalize(f, dim=1).mean(0)
         rows.append(F.normalize(m, dim=0))
@@ -149,14 +157,11 @@ def prototype_head(feats: torch.Tensor, labels: torch.Tensor, n_classes: int, pe
 
 
 @dataclass
-class VisionTrainConfig(TrainConfig):
+class VisionTrainConfig(ScheduledTrainConfig):
     image_size: int = 64
-    schedule: str = "cosine"  # linear | cosine (after the warm-up)
 
     def check(self) -> None:
         super().check()
-        if self.schedule not in SCHEDULES:
-            raise TiesnbError(f"vision.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.mode != "full":
             raise TiesnbError(f"the vision family trains the whole encoder (mode: full), got {self.mode!r}")
 
@@ -268,8 +273,7 @@ class EfficientNetLite(Family):
 
     def check(self, study) -> None:
         s, name = study.settings, study.config.name
-        if s.schedule not in SCHEDULES:
-            raise TiesnbError(f"study {name}: vision.schedule must be one of {', '.join(SCHEDULES)}, got {s.schedule!r}")
+        check_schedule(s.schedule, f"study {name}: vision.")
         for key in ("image_size", "prototype_examples"):
             if getattr(s, key) < 1:
                 raise TiesnbError(f"study {name}: vision.{key} must be at least 1, got {getattr(s, key)}")
@@ -293,10 +297,8 @@ class EfficientNetLite(Family):
         state = {}
         for task, d in progress_.bar(list(study.data().items()), desc="prototype heads", disable=not progress):
             x, y = d.train
-            # the first prototype_examples of each class in the (seeded, shuffled) training split
-            pick = np.concatenate([np.flatnonzero(y == c)[:s.prototype_examples] for c in range(len(d.labels))])
-            head = prototype_head(features(enc, x[pick]), torch.from_numpy(y[pick]), len(d.labels),
-                                  s.prototype_examples, s.prototype_scale)
+            pick = prototype_examples(y, len(d.labels), s.prototype_examples, task)
+            head = prototype_head(features(enc, x[pick]), torch.from_numpy(y[pick]), len(d.labels), s.prototype_scale)
             state[f"{task}.weight"], state[f"{task}.bias"] = head["weight"], head["bias"]
         return state
 
