@@ -180,6 +180,8 @@ def cmd_data(args) -> int:
               + (f"; not: {', '.join(f'{r[1].label} ({r[2]})' for r in bad)}" if bad else ""))
         return 1 if bad else 0
     if args.all:
+        if args.assets or args.study:
+            raise TiesnbError("tiesnb data fetch --all fetches every asset: give no asset names and no --study with it")
         needed = {a: ["the tests"] for a in assets.ASSETS}
     elif args.assets:
         needed = {a: [] for a in args.assets}
