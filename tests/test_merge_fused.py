@@ -259,3 +259,21 @@ def test_weights_of_one_are_no_weights():
     from tiesnb.merge import TIES_PRESETS
     want = ties_oracle(base, models, **{**TIES_PRESETS["mergekit"], "k": 0.3, "weights": [1.0, 1.0, 1.0]})
     assert all(torch.allclose(ones[n], want[n], atol=1e-6) for n in want if want[n].is_floating_point())
+
+
+def test_a_compiled_merge_leaves_torch_threads_alone():
+    """numba's OpenMP layer sets the process's OpenMP thread count to every core when it starts;
+    torch shares that runtime, so a 1-thread study run became a 2-thread one (10-20x slower beside
+    another run on 2 cores). In a fresh process, since the layer starts once per process."""
+    import subprocess
+    import sys
+
+    code = ("import torch; torch.set_num_threads(1)\n"
+            "from tiesnb.merge import fused, merge\n"
+            "g = torch.Generator().manual_seed(0)\n"
+            "ms = [{'w': torch.randn(300, 300, generator=g)} for _ in range(3)]\n"
+            "merge('ties', {'w': torch.zeros(300, 300)}, ms, k=0.2, lam=1.0)\n"
+            "assert fused.loaded(), 'the compiled kernels did not run'\n"
+            "print(torch.get_num_threads())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "1"

@@ -62,8 +62,14 @@ def loaded() -> bool:
 def _threads() -> int:
     import numba
 
-    t = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    n = torch.get_num_threads()
+    t = max(1, min(n, numba.config.NUMBA_NUM_THREADS))
     numba.set_num_threads(t)
+    # numba's OpenMP layer starts by setting the process's OpenMP thread count to all cores, and
+    # torch shares that runtime: put torch's count back, or two 1-thread study runs each become
+    # 2-thread runs and, spinning against each other on 2 cores, go 10-20x slower
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
     return t
 
 
