@@ -12,26 +12,13 @@ BIN    := $(VENV)/bin
 TIESNB := $(BIN)/tiesnb
 STAMP  := $(VENV)/.tiesnb-installed
 STUDY  ?= default
-# notebook runs at a time, and torch threads for each: every core busy, none oversubscribed (two
-# single-threaded runs on 2 cores do ~30 % more work than one run on both)
-JOBS   ?= 2
-THREADS := $(shell n=$$(( $$(nproc) / $(JOBS) )); [ $$n -ge 1 ] && echo $$n || echo 1)
-P      := params/$(STUDY)
-# a study may start from another (`inherit: default` in its study.yaml): the parameter files it
-# lacks come from that one
-INHERIT := $(shell sed -n 's/^inherit: *\([^ #]*\).*/\1/p' $(P)/study.yaml 2>/dev/null)
-PB     := $(if $(INHERIT),params/$(INHERIT),$(P))
-pfile   = $(firstword $(wildcard $(P)/$(1).yaml) $(PB)/$(1).yaml)
-STAMPS := runs/$(STUDY)/stamps
-SRC    := $(shell find tiesnb -name '*.py') pyproject.toml
-# the multitask model (the longest run) first: two at a time, the runs then end together
-# a study's own train-*.yaml files, else its parent's (a derived study with other tasks names its own)
-TRAINS := $(sort $(notdir $(or $(wildcard $(P)/train-*.yaml),$(wildcard $(PB)/train-*.yaml))))
-TRAIN  := $(patsubst %.yaml,$(STAMPS)/%.json,$(filter train-multitask.yaml,$(TRAINS)) $(filter-out train-multitask.yaml,$(TRAINS)))
-SETTINGS := $(P)/study.yaml $(PB)/study.yaml
+# where the study's runs go: local (this machine) or a cluster profile in workflow/profiles/
+EXECUTOR ?= local
+# the workflow (workflow/Snakefile) is the study's DAG; this is its front door
+WORKFLOW = $(TIESNB) workflow --study $(STUDY) --executor $(EXECUTOR)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data check-data test study notebooks probe train evaluate merge_sweep interference ablations num_tasks steps \
+.PHONY: help setup data check-data test study probe train evaluate merge_sweep interference ablations num_tasks steps \
         lab report bench bench-llm clean-study clean-venv studies
 
 help:  ## list the targets
@@ -67,14 +54,15 @@ test: setup  ## set up, then run the tests
 	$(BIN)/python -m pytest -q tests
 
 # ---------------------------------------------------------------------------------------------
-# the study: one stamp per notebook run; a run is redone when its notebook, its parameters, the
-# study's settings, the package or an upstream run changed. `make study` runs JOBS of them at a
-# time, each with nproc / JOBS torch threads (TIESNB_THREADS); the output lines carry each run's name.
+# the study: a Snakemake workflow (workflow/Snakefile, planned by tiesnb/workflow.py), one job per
+# notebook run, redone when its notebook, its parameters, the study's settings, the package or a
+# run it reads changed. Here it runs as many jobs at once as the cores allow (each asks for half of
+# them, and a GPU where the study says so); EXECUTOR=slurm makes each one a Slurm job.
 
-study: setup  ## set up, then run the study (STUDY=default) and write figures/ and tables
+study: setup  ## set up, then run the study (STUDY=default; EXECUTOR=local|slurm|kubernetes) and write figures/ and tables
 	@start=$$(date +%s); \
 	$(TIESNB) data fetch --study $(STUDY) && \
-	TIESNB_THREADS=$${TIESNB_THREADS:-$(THREADS)} $(MAKE) --no-print-directory -j$(JOBS) notebooks STUDY=$(STUDY) && \
+	$(WORKFLOW) && \
 	{ case "$(STUDY)" in default|vision) $(TIESNB) findings ;; esac; } && \
 	echo "study $(STUDY): up to date, $$(( $$(date +%s) - start )) s"
 
@@ -82,31 +70,13 @@ studies: setup  ## every committed study, one after the other: figures/ (text) a
 	$(MAKE) --no-print-directory study STUDY=default
 	$(MAKE) --no-print-directory study STUDY=vision
 
-# merge_sweep → ablations is the longest chain: it goes first
-notebooks: $(STAMPS)/merge_sweep.json $(STAMPS)/evaluate.json $(STAMPS)/num_tasks.json $(STAMPS)/interference.json \
-           $(STAMPS)/ablations.json
-
-.SECONDEXPANSION:
-$(STAMPS)/probe.json: notebooks/probe.py $$(call pfile,probe) $(SETTINGS) $(SRC) | $(STAMP)
-	$(TIESNB) run probe --study $(STUDY)
-
-$(STAMPS)/train-%.json: notebooks/train.py $$(call pfile,train-$$*) $(SETTINGS) $(STAMPS)/probe.json $(SRC)
-	$(TIESNB) run train --study $(STUDY) --params $(call pfile,train-$*)
-
-$(STAMPS)/evaluate.json $(STAMPS)/merge_sweep.json $(STAMPS)/interference.json $(STAMPS)/num_tasks.json: $(STAMPS)/%.json: notebooks/%.py $$(call pfile,$$*) $(SETTINGS) $(TRAIN) $(SRC)
-	$(TIESNB) run $* --study $(STUDY)
-
-$(STAMPS)/ablations.json: $(STAMPS)/%.json: notebooks/%.py $$(call pfile,$$*) $(SETTINGS) $(STAMPS)/merge_sweep.json $(SRC)
-	$(TIESNB) run $* --study $(STUDY)
-
-probe: $(STAMPS)/probe.json  ## one step: fit the heads
-train: $(TRAIN)  ## one step: train every task model and the multitask model
-evaluate merge_sweep interference ablations num_tasks: %: $(STAMPS)/%.json
+probe evaluate merge_sweep interference ablations num_tasks train: setup  ## one step and what it needs (train: every model)
+	$(WORKFLOW) $@
 steps:  ## one step at a time: make probe | train | evaluate | merge_sweep | interference | ablations | num_tasks
 	@echo "make probe | train | evaluate | merge_sweep | interference | ablations | num_tasks  (STUDY=$(STUDY))"
 
 fig-%:  ## one figure or table and what it needs, e.g. make fig-table1, make fig-sign_conflicts
-	@nb=$$($(BIN)/python -m tiesnb.pipeline owner $*) && $(MAKE) --no-print-directory $$nb STUDY=$(STUDY)
+	@nb=$$($(BIN)/python -m tiesnb.pipeline owner $*) && $(WORKFLOW) $$nb
 
 # ---------------------------------------------------------------------------------------------
 # reading the results

@@ -37,3 +37,25 @@ def make_models(n=4, seed=0, shapes=SHAPES, scale=(0.02, 0.3)):
 @pytest.fixture
 def small():
     return make_models()
+
+
+def run_workflow(study: str, runs, *extra: str, executor: str = "local"):
+    """``tiesnb workflow`` (the study's Snakemake DAG) into the run folder ``runs``."""
+    import subprocess
+    import sys
+
+    from tiesnb import paths
+
+    env = {**os.environ, "TIESNB_RUNS": str(runs), "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, "-m", "tiesnb.cli", "workflow", "--study", study, "--executor", executor,
+                           *extra], env=env, capture_output=True, text=True, cwd=paths.ROOT)
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """The smoke study run end to end by its workflow on this machine, once per test session
+    (the pipeline's tests read it; the Slurm test compares its own run against it)."""
+    runs = tmp_path_factory.mktemp("runs")
+    r = run_workflow("smoke", runs)
+    assert r.returncode == 0, f"the smoke workflow failed:\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}"
+    return runs / "smoke"

@@ -113,27 +113,13 @@ def test_lambda_sweep_reuse_is_exact(monkeypatch):
 # the whole pipeline on the smoke study
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    runs = tmp_path_factory.mktemp("runs")
-    env = {**os.environ, "TIESNB_RUNS": str(runs), "PYTHONWARNINGS": "ignore"}
-    order = ["probe", "train-bbc_news", "train-rotten_tomatoes", "train-multitask", "evaluate", "merge_sweep",
-             "interference", "ablations", "num_tasks"]
-    for run in order:
-        nb = run.split("-")[0]
-        r = subprocess.run([sys.executable, "-m", "tiesnb.cli", "run", nb, "--study", "smoke", "--quiet",
-                            "--params", str(paths.PARAMS / "smoke" / f"{run}.yaml")],
-                           env=env, capture_output=True, text=True, cwd=paths.ROOT)
-        assert r.returncode == 0, f"{run} failed:\n{r.stderr[-3000:]}"
-    return runs / "smoke"
-
-
 def test_every_notebook_ran_and_recorded_its_parameters(smoke_run):
     for run in ["probe", "train-bbc_news", "evaluate", "merge_sweep", "interference", "ablations", "num_tasks"]:
-        stamp = json.loads((smoke_run / "stamps" / f"{run}.json").read_text())
-        assert stamp["parameters"]["study"] == "smoke"
+        record = json.loads((smoke_run / "notebooks" / f"{run}.params.json").read_text())
+        assert record["parameters"]["study"] == "smoke"
         assert (smoke_run / "notebooks" / f"{run}.ipynb").exists()
-    assert json.loads((smoke_run / "stamps" / "train-multitask.json").read_text())["parameters"]["task"] == "multitask"
+    record = json.loads((smoke_run / "notebooks" / "train-multitask.params.json").read_text())
+    assert record["parameters"]["task"] == "multitask"
     for seed in (0, 1):  # every model once per training seed
         for task in ("bbc_news", "rotten_tomatoes", "multitask"):
             ck = smoke_run / f"seed-{seed}" / "checkpoints" / task
@@ -235,7 +221,7 @@ def test_a_rerun_reuses_the_cached_results(smoke_run):
     assert {p: p.stat().st_mtime_ns for p in cache.rglob("*.json")} == before  # nothing evaluated again
 
 
-def test_a_failing_notebook_keeps_its_output_and_writes_no_stamp(smoke_run, tmp_path):
+def test_a_failing_notebook_keeps_its_output_and_leaves_no_executed_notebook(smoke_run, tmp_path):
     bad = tmp_path / "train-nope.yaml"
     bad.write_text("task: nope\n")
     env = {**os.environ, "TIESNB_RUNS": str(smoke_run.parent), "PYTHONWARNINGS": "ignore"}
@@ -244,7 +230,8 @@ def test_a_failing_notebook_keeps_its_output_and_writes_no_stamp(smoke_run, tmp_
     assert r.returncode == 2
     assert "notebook train (train-nope) failed" in r.stderr and "TiesnbError" in r.stderr
     assert (smoke_run / "notebooks" / "train-nope.failed.ipynb").exists()
-    assert not (smoke_run / "stamps" / "train-nope.json").exists()
+    assert not (smoke_run / "notebooks" / "train-nope.ipynb").exists()  # the workflow's output: absent
+    assert not (smoke_run / "notebooks" / "train-nope.params.json").exists()
 
 
 def test_the_lab_opens_and_saves_the_sources_unchanged(tmp_path):

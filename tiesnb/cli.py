@@ -266,7 +266,15 @@ def main(argv=None) -> int:
     p = sub.add_parser("methods", help="list the merge methods and their parameters")
     p.add_argument("name", nargs="?", help="one method")
     p.set_defaults(func=cmd_methods)
-    args = parser.parse_args(argv)
+    # its own options and Snakemake's after them: `tiesnb workflow --help` lists them
+    sub.add_parser("workflow", help="run a study's notebooks as a Snakemake workflow, here or on a cluster", add_help=False)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["workflow"]:
+        from . import workflow
+
+        args = argparse.Namespace(func=lambda _: workflow.main(argv[1:]))
+    else:
+        args = parser.parse_args(argv)
     try:
         return args.func(args)
     except TiesnbError as e:

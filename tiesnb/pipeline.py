@@ -7,9 +7,10 @@ A notebook is a jupytext percent-format ``notebooks/<name>.py`` with exactly one
 ``parameters`` of typed, literal assignments (``lam: float = 1.0  # λ``). Before it runs, its
 parameter file is checked against that cell — an unknown key or a wrong type stops the run with
 the key and the valid names (papermill itself would only warn) — and the resolved parameters are
-written beside the executed notebook (``runs/<study>/notebooks/<run>.ipynb``) and in the run's
-stamp (``runs/<study>/stamps/<run>.json``, what Make tracks). A failed run keeps its executed
-notebook as ``<run>.failed.ipynb`` for reading, and writes no stamp.
+written beside the executed notebook (``runs/<study>/notebooks/<run>.ipynb``, the workflow's
+output: tiesnb/workflow.py) as ``<run>.params.json``. The executed notebook appears last, whole
+(a rename), and only when every cell ran: a failed run keeps its executed notebook as
+``<run>.failed.ipynb`` for reading instead.
 """
 
 from __future__ import annotations
@@ -171,13 +172,13 @@ def run(notebook: str, study: str, params_file: str | Path | None = None, run_na
                 os.replace(tmp, failed)
                 raise TiesnbError(f"notebook {notebook} ({run_name}) failed in cell {e.exec_count}: {e.ename}: "
                                   f"{str(e.evalue).splitlines()[0] if e.evalue else ''} — see {failed}") from None
+            write_json(out_dir / f"{run_name}.params.json",
+                       {"notebook": notebook, "params_file": str(params_file), "parameters": params,
+                        "seconds": round(time.time() - t0, 1), "executed": str(final)})
     finally:
         source.unlink(missing_ok=True)
     if progress:
         print(f"[{study} {run_name}] done in {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
-    write_json(paths.RUNS / study / "stamps" / f"{run_name}.json",
-               {"notebook": notebook, "params_file": str(params_file), "parameters": params,
-                "seconds": round(time.time() - t0, 1), "executed": str(final)})
     return final
 
 

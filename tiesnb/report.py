@@ -125,7 +125,31 @@ def _study_page(study: str, notebooks: list[str]) -> str:
         out += [f"* [{n}](notebooks/{study}/{n}.ipynb)" for n in notebooks]
     else:
         out += [f"Not executed here: `make study STUDY={study}` runs them, then `make report` includes them."]
+    out += _steps_section(study)
     return "\n".join(out) + "\n"
+
+
+def _steps_section(study: str) -> list[str]:
+    """Each workflow step's wall time and peak memory as Snakemake measured them (its
+    ``benchmark:`` files, runs/<study>/benchmarks/), where the study ran here."""
+    rows = []
+    for tsv in sorted((paths.RUNS / study / "benchmarks").glob("*.tsv")):
+        lines = tsv.read_text().splitlines()
+        if len(lines) < 2:
+            continue
+        rec = dict(zip(lines[0].split("\t"), lines[-1].split("\t")))
+        try:
+            rows.append((tsv.stem, float(rec["s"]), float(rec["max_rss"]), float(rec.get("cpu_time") or "nan")))
+        except (KeyError, ValueError):
+            continue
+    if not rows:
+        return []
+    out = ["", "## The steps: time and memory", "",
+           "Snakemake's measurement of the last run of each step here (`runs/" + study + "/benchmarks/`): "
+           "wall time, CPU time, and the peak resident memory of the step's processes.", "",
+           "| step | wall (s) | CPU (s) | peak RSS (MB) |", "|---|---:|---:|---:|"]
+    out += [f"| {name} | {s:.0f} | {cpu:.0f} | {rss:.0f} |" for name, s, rss, cpu in rows]
+    return out
 
 
 def _index_page() -> str:

@@ -57,6 +57,9 @@ class StudyConfig:
     multitask_model: str = ""
     # where figures and tables go, relative to the repository ("": runs/<study>/figures)
     figures_dir: str = "figures"
+    # what each step asks of a machine, per step kind (tiesnb/workflow.py: cpus, gpus, mem_gb,
+    # hours), over the family's defaults: a cluster job's request, and locally its share of the cores
+    resources: dict[str, dict] = field(default_factory=dict)
     settings: Any = field(default=None, repr=False)  # the family's section (its Settings dataclass); not a YAML key
 
     @classmethod
@@ -155,6 +158,10 @@ def check(config: StudyConfig, family) -> None:
         raise TiesnbError(f"study {c.name}: task_models names {', '.join(unknown)}, not among its tasks: {', '.join(c.tasks)}")
     if (c.task_models or c.multitask_model) and len(c.seeds) > 1:
         raise TiesnbError(f"study {c.name}: existing models are one model per task: give one seed, not {c.seeds}")
+    from ..workflow import STEP_KINDS, resources
+
+    for kind in STEP_KINDS:  # a bad resources section stops the study's load, not a cluster job
+        resources(c.name, kind, c.resources, family.resources)
     if (c.task_models or c.multitask_model) and not getattr(family, "reads_released", False):
         raise TiesnbError(f"study {c.name}: the {c.model} family cannot read existing models (task_models); "
                           f"the families that can: clip, seq2seq")
