@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 
 import pytest
@@ -136,11 +137,14 @@ def _digests(root):
     return out
 
 
+@pytest.mark.skipif(bool(os.environ.get("TIESNB_NO_SLURM")),
+                    reason=f"Slurm could not start here: {os.environ.get('TIESNB_NO_SLURM')}")
 @pytest.mark.skipif(not _slurm_up() and not os.environ.get("CI"), reason="no Slurm cluster here (.ci/slurm-up starts one)")
 def test_the_smoke_study_on_slurm_equals_the_local_run(smoke_run, tmp_path):
     assert _slurm_up(), "CI runs .ci/slurm-up first: a Slurm cluster should be up"
     start = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 5))
-    r = run_workflow("smoke", tmp_path, "--slurm-init-seconds-before-status-checks", "1", executor="slurm")
+    r = run_workflow("smoke", tmp_path, "--slurm-init-seconds-before-status-checks", "1",
+                     "--default-resources", "slurm_account=tiesnb", executor="slurm")
     assert r.returncode == 0, f"{r.stdout[-3000:]}\n{r.stderr[-5000:]}"
     # every step ran as a Slurm job, asking for what the plan says
     sacct = subprocess.run(["sacct", "-X", "-n", "-P", "-S", start, "-o", "Comment,State,ReqCPUS,ReqMem,Timelimit"],
@@ -164,3 +168,31 @@ def test_the_smoke_study_on_slurm_equals_the_local_run(smoke_run, tmp_path):
     assert local and set(local) == set(slurm), sorted(set(local) ^ set(slurm))[:10]
     differ = [k for k in local if local[k] != slurm[k]]
     assert not differ, differ[:10]
+
+
+def test_concurrent_runs_hold_different_gpus(tmp_path, monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    with workflow.claimed_gpus(1, count=2, folder=tmp_path) as first:
+        assert first == "0" and os.environ["CUDA_VISIBLE_DEVICES"] == "0"
+        # another process (a second job) gets the other one, then finds none left
+        code = ("import os, sys; sys.path.insert(0, {root!r}); from pathlib import Path\n"
+                "from tiesnb import workflow\n"
+                "with workflow.claimed_gpus(1, count=2, folder=Path({folder!r})) as ids:\n"
+                "    print(ids)\n"
+                "    del os.environ['CUDA_VISIBLE_DEVICES']  # as a third job would see it\n"
+                "    try:\n"
+                "        with workflow.claimed_gpus(1, count=2, folder=Path({folder!r}), wait_s=0): pass\n"
+                "    except Exception as e: print(type(e).__name__)\n")
+        env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+        out = subprocess.run([sys.executable, "-c", code.format(root=str(paths.ROOT), folder=str(tmp_path))],
+                             capture_output=True, text=True, env=env, check=True).stdout.split()
+        assert out == ["1", "TiesnbError"]
+    assert "CUDA_VISIBLE_DEVICES" not in os.environ
+    with workflow.claimed_gpus(2, count=2, folder=tmp_path) as both:  # both free again
+        assert both == "0,1"
+    with pytest.raises(TiesnbError, match="asks for 3 GPU"):
+        with workflow.claimed_gpus(3, count=2, folder=tmp_path):
+            pass
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")  # a scheduler chose: left alone
+    with workflow.claimed_gpus(1, count=2, folder=tmp_path) as ids:
+        assert ids is None and os.environ["CUDA_VISIBLE_DEVICES"] == "3"

@@ -162,8 +162,11 @@ def run(notebook: str, study: str, params_file: str | Path | None = None, run_na
     relay = Relay(out_dir / f".{run_name}.progress", f"{study} {run_name}") if progress else contextlib.nullcontext()
     if progress:
         print(f"[{study} {run_name}] running notebooks/{notebook}.py", file=sys.stderr, flush=True)
+    from .workflow import claimed_gpus
+
     try:
-        with atomic_path(final) as tmp, relay:
+        # a workflow job that asks for GPUs (TIESNB_GPUS) holds free ones of this machine's
+        with atomic_path(final) as tmp, relay, claimed_gpus(int(os.environ.get("TIESNB_GPUS") or 0)):
             try:
                 papermill.execute_notebook(str(source), str(tmp), parameters=params, kernel_name="python3",
                                            cwd=str(paths.ROOT), progress_bar=False, log_output=False,

@@ -20,10 +20,12 @@ What a run asks for (``resources:`` in study.yaml, per step kind, over the famil
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import subprocess
 import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -160,6 +162,51 @@ def gpu_count() -> int:
     except (OSError, subprocess.TimeoutExpired):
         return 0
     return sum(line.startswith("GPU ") for line in out.stdout.splitlines()) if out.returncode == 0 else 0
+
+
+@contextlib.contextmanager
+def claimed_gpus(n: int, count: int | None = None, folder: Path | None = None, wait_s: float = 600):
+    """Hold ``n`` of this machine's GPUs for one run and point ``CUDA_VISIBLE_DEVICES`` at them:
+    Snakemake counts GPUs as a resource but does not say which one a job gets, so each run takes
+    the first free ones by a lock file per GPU (released when the run ends, or its process dies).
+    Nothing to do when a scheduler already chose (``CUDA_VISIBLE_DEVICES`` is set) or n is 0."""
+    if n <= 0 or os.environ.get("CUDA_VISIBLE_DEVICES") is not None:
+        yield None
+        return
+    import fcntl
+
+    count = gpu_count() if count is None else count
+    if n > count:
+        raise TiesnbError(f"the run asks for {n} GPU(s), this machine has {count}")
+    folder = folder or paths.RUNS / ".gpus"
+    folder.mkdir(parents=True, exist_ok=True)
+    deadline, held = time.monotonic() + wait_s, []
+    while True:
+        for i in range(count):
+            if len(held) == n:
+                break
+            f = open(folder / f"{i}.lock", "w")
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held.append((i, f))
+            except BlockingIOError:
+                f.close()
+        if len(held) == n:
+            break
+        for _, f in held:
+            f.close()
+        held = []
+        if time.monotonic() > deadline:
+            raise TiesnbError(f"no {n} free GPU(s) of {count} after {wait_s:.0f} s (lock files in {folder})")
+        time.sleep(1)
+    ids = ",".join(str(i) for i, _ in held)
+    os.environ["CUDA_VISIBLE_DEVICES"] = ids
+    try:
+        yield ids
+    finally:
+        os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        for _, f in held:
+            f.close()
 
 
 def main(argv=None) -> int:
