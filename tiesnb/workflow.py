@@ -138,19 +138,19 @@ def workdir(study: str) -> Path:
     return paths.RUNS / study
 
 
-def command(study: str, executor: str = "local", jobs: int | None = None, extra: list[str] | None = None) -> list[str]:
-    """The snakemake command line that runs the study (through a profile for a cluster)."""
+def command(study: str, executor: str = "local", extra: list[str] | None = None) -> list[str]:
+    """The snakemake command line that runs the study: here with every core and GPU as resources
+    (each run asks for its share), or through a cluster profile; ``extra`` goes to Snakemake."""
     if executor not in EXECUTORS:
         raise TiesnbError(f"unknown executor {executor!r}; executors: {', '.join(EXECUTORS)}")
     snakemake = Path(sys.executable).with_name("snakemake")
     cmd = [str(snakemake) if snakemake.exists() else "snakemake", "--snakefile", str(WORKFLOW / "Snakefile"),
-           "--directory", str(workdir(study)), "--config", f"study={study}"]
+           "--directory", str(workdir(study)), "--config", f"study={study}",
+           "--quiet", "host", "reason"]  # a line per job started and finished; each run prints its own progress
     if executor == "local":
         cmd += ["--cores", str(os.cpu_count() or 1), "--resources", f"gpu={gpu_count()}"]
     else:
         cmd += ["--profile", str(WORKFLOW / "profiles" / executor)]
-    if jobs:
-        cmd += ["--jobs", str(jobs)]
     return cmd + list(extra or [])
 
 
@@ -212,15 +212,15 @@ def claimed_gpus(n: int, count: int | None = None, folder: Path | None = None, w
 def main(argv=None) -> int:
     import argparse
 
-    ap = argparse.ArgumentParser(prog="tiesnb workflow", description="run a study's notebooks as a Snakemake workflow")
+    ap = argparse.ArgumentParser(prog="tiesnb workflow", description="run a study's notebooks as a Snakemake workflow; "
+                                 "arguments it does not know go to Snakemake (--cores 1, --set-resources ..., a rule name)")
     ap.add_argument("--study", default="default")
     ap.add_argument("--executor", default=os.environ.get("EXECUTOR") or "local", choices=EXECUTORS,
                     help="where the runs go: this machine, or a cluster through workflow/profiles/<executor>")
-    ap.add_argument("--jobs", type=int, help="runs at a time (default: as many as the cores and GPUs allow)")
     ap.add_argument("--dry-run", action="store_true", help="say what would run, run nothing")
     args, extra = ap.parse_known_args(argv)
     plan(args.study)  # a bad study or resources section stops here, with its message, not in Snakemake
-    cmd = command(args.study, args.executor, args.jobs, extra + (["--dry-run"] if args.dry_run else []))
+    cmd = command(args.study, args.executor, extra + (["--dry-run"] if args.dry_run else []))
     workdir(args.study).mkdir(parents=True, exist_ok=True)
     print("+", shlex.join(cmd), file=sys.stderr, flush=True)
     return subprocess.call(cmd, cwd=paths.ROOT)
