@@ -45,9 +45,6 @@ class Family:
     # ablation table's (the paper ablates T5-base and IA3 only; "IA3" brings its oracle-sign row)
     paper_columns: tuple[str, ...] = ("T5-base", "ViT-B/32", "IA3 / T0-3B")
     paper_ablation_columns: tuple[str, ...] = ("T5-base", "IA3")
-    # what a step asks of a machine by default (tiesnb/workflow.py; a study's resources: go over
-    # it): the embedded families run on a CPU share, 2 hours and 4 GB at most per step
-    resources: dict[str, dict] = {"default": {}}
 
     def task_asset(self, task: str) -> str | None:
         """The offline asset a task's data is read from (None: the hub, or data_dir)."""

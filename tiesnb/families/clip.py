@@ -271,7 +271,6 @@ class CLIPVision(Family):
         return load_clip_task(task, c.n_train, c.n_val, c.n_test, c.split_seed, study.settings.data_dir or None)
 
     reads_released = True
-    resources = {"default": {"cpus": 8, "gpus": 1, "mem_gb": 32, "hours": 4}, "train": {"hours": 8}}
 
     def released_state(self, study, source: str) -> dict[str, torch.Tensor]:
         """An existing fine-tuned model as an encoder state: a ``CLIPVisionModel`` folder (as

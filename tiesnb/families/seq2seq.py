@@ -629,8 +629,6 @@ class Seq2Seq(Family):
     # ``torch.save`` of the trainable tensors under its wrapper's names, ``transformer.…``; its
     # checkpointer also writes ``best_model.pt``) or safetensors, as files or folders holding one
     reads_released = True
-    # one GPU per step; T0-3B's (IA)³ and T5-large need more than this: their study.yaml says so
-    resources = {"default": {"cpus": 8, "gpus": 1, "mem_gb": 64, "hours": 12}, "train": {"hours": 24}}
 
     @staticmethod
     def _released_file(source: str) -> Path:

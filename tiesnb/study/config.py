@@ -158,10 +158,10 @@ def check(config: StudyConfig, family) -> None:
         raise TiesnbError(f"study {c.name}: task_models names {', '.join(unknown)}, not among its tasks: {', '.join(c.tasks)}")
     if (c.task_models or c.multitask_model) and len(c.seeds) > 1:
         raise TiesnbError(f"study {c.name}: existing models are one model per task: give one seed, not {c.seeds}")
-    from ..workflow import STEP_KINDS, resources
+    from ..workflow import FAMILY_RESOURCES, STEP_KINDS, resources
 
     for kind in STEP_KINDS:  # a bad resources section stops the study's load, not a cluster job
-        resources(c.name, kind, c.resources, family.resources)
+        resources(c.name, kind, c.resources, FAMILY_RESOURCES.get(c.model))
     if (c.task_models or c.multitask_model) and not getattr(family, "reads_released", False):
         raise TiesnbError(f"study {c.name}: the {c.model} family cannot read existing models (task_models); "
                           f"the families that can: clip, seq2seq")
