@@ -43,7 +43,7 @@ WORKFLOW = paths.ROOT / "workflow"
 
 
 # each family's defaults (a study's resources: go over them): the embedded families (minilm,
-# vision) take Resources()'s, a CPU share and 2 hours at most per step; the paper-scale ones one
+# vision) take Resources()'s, a CPU share, 8 GB and 2 hours at most per step; the paper-scale ones one
 # GPU per step (T0-3B's (IA)³ and T5-large ask for more in their study.yaml). Kept here, not in
 # the families' modules, whose code is part of every cached evaluation's key.
 FAMILY_RESOURCES: dict[str, dict[str, dict[str, Any]]] = {
@@ -58,7 +58,7 @@ class Resources:
 
     cpus: int = 0  # torch threads; 0: half this machine's cores, so two runs share it as make did
     gpus: int = 0
-    mem_gb: float = 4.0
+    mem_gb: float = 8.0  # smoke and vision steps peak under 3 GB (runs/<study>/benchmarks); room for the rest
     hours: float = 2.0  # wall-clock limit of a cluster job
 
     def threads(self) -> int:
