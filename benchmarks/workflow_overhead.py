@@ -55,10 +55,12 @@ def main() -> None:
     try:
         for i in range(args.repeats):
             for name, cmd, cwd, env in (("make", make_old, old, old_env), ("snakemake", new_cmd, ROOT, base_env)):
-                runs = work / f"runs-{name}-{i}"
-                env = {**env, "TIESNB_RUNS": str(runs)}
-                if name == "make":
-                    env["TIESNB_THREADS"] = str(max(1, (os.cpu_count() or 2) // 2))
+                if name == "make":  # its stamps live under the tree's own runs/ (the Makefile's path)
+                    runs = old / "runs"
+                    env = {**env, "TIESNB_THREADS": str(max(1, (os.cpu_count() or 2) // 2))}
+                else:
+                    runs = work / f"runs-{name}-{i}"
+                    env = {**env, "TIESNB_RUNS": str(runs)}
                 times[name].append(timed(cmd, cwd, env))
                 times[f"{name}_noop"].append(timed(cmd, cwd, env))
                 print(f"repeat {i + 1}: {name} {times[name][-1]:.1f} s, again with nothing changed "
