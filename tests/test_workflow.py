@@ -196,3 +196,12 @@ def test_concurrent_runs_hold_different_gpus(tmp_path, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")  # a scheduler chose: left alone
     with workflow.claimed_gpus(1, count=2, folder=tmp_path) as ids:
         assert ids is None and os.environ["CUDA_VISIBLE_DEVICES"] == "3"
+
+
+def test_one_step_runs_with_what_it_needs(tmp_path):
+    """`make merge_sweep` (a rule name after tiesnb workflow's options) plans that step and its
+    upstream runs only; the caller's own Snakemake options come after ours and win."""
+    r = run_workflow("smoke", tmp_path, "merge_sweep", "--cores", "1", "--dry-run")
+    assert r.returncode == 0, r.stderr[-2000:]
+    trains = [p.stem.replace("-", "_") for p in (paths.PARAMS / "smoke").glob("train-*.yaml")]
+    assert _planned(r) == sorted(["merge_sweep", "probe", *trains])

@@ -151,13 +151,15 @@ def command(study: str, executor: str = "local", extra: list[str] | None = None)
     if executor not in EXECUTORS:
         raise TiesnbError(f"unknown executor {executor!r}; executors: {', '.join(EXECUTORS)}")
     snakemake = Path(sys.executable).with_name("snakemake")
-    cmd = [str(snakemake) if snakemake.exists() else "snakemake", "--snakefile", str(WORKFLOW / "Snakefile"),
-           "--directory", str(workdir(study)), "--config", f"study={study}",
+    cmd = [str(snakemake) if snakemake.exists() else "snakemake", "--config", f"study={study}",
            "--quiet", "host", "reason"]  # a line per job started and finished; each run prints its own progress
     if executor == "local":
         cmd += ["--cores", str(os.cpu_count() or 1), "--resources", f"gpu={gpu_count()}"]
     else:
         cmd += ["--profile", str(WORKFLOW / "profiles" / executor)]
+    # one-value options last, so that a target (a rule name) after them is read as a target, and
+    # the caller's own options (--cores 1, ...) come after ours and win
+    cmd += ["--snakefile", str(WORKFLOW / "Snakefile"), "--directory", str(workdir(study))]
     return cmd + list(extra or [])
 
 
