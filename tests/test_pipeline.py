@@ -80,6 +80,10 @@ def test_study_yaml_is_strict(tmp_path, monkeypatch):
     (tmp_path / "x" / "study.yaml").write_text("name: x\ntasks: [trec]\nautocast: off\n")  # YAML reads off as false
     with pytest.raises(TiesnbError, match="'autocast' must be str, got False"):
         Study.load("x")
+    # what a step asks of a machine (tiesnb/workflow.py) is checked when the study loads
+    (tmp_path / "x" / "study.yaml").write_text("name: x\ntasks: [trec]\nresources: {train: {gpu: 1}}\n")
+    with pytest.raises(TiesnbError, match="study x: resources.train: unknown parameter 'gpu'"):
+        Study.load("x")
     with pytest.raises(TiesnbError, match="no study 'y'"):
         Study.load("y")
 

@@ -14,7 +14,6 @@ import pytest
 
 from tiesnb import paths, workflow
 from tiesnb.errors import TiesnbError
-from tiesnb.study import Study
 
 from conftest import run_workflow
 
@@ -59,14 +58,6 @@ def test_each_family_and_study_declares_what_a_step_needs():
     assert ia3["evaluate"].hours == 24 > t5["evaluate"].hours and ia3["train-rte"].hours == 36
     released = {r.name: r.resources for r in workflow.plan("paper/ia3-t0-released")}  # inherited
     assert released["evaluate"] == ia3["evaluate"]
-
-
-def test_a_bad_resources_section_stops_the_study_load(tmp_path, monkeypatch):
-    monkeypatch.setattr(paths, "PARAMS", tmp_path)
-    (tmp_path / "x").mkdir()
-    (tmp_path / "x" / "study.yaml").write_text("name: x\ntasks: [trec]\nresources: {train: {gpu: 1}}\n")
-    with pytest.raises(TiesnbError, match="study x: resources.train: unknown parameter 'gpu'"):
-        Study.load("x")
 
 
 def test_the_cli_names_a_bad_executor():
