@@ -582,8 +582,8 @@ def test_original_ia3_checkpoints_compute_what_the_original_computes(fixtures, t
 
 
 def test_a_study_of_original_ia3_checkpoints(fixtures, tmp_path):
-    """task_models naming folders of the original's ``best_model.pt``: nothing is trained, the
-    notebooks run on those vectors, and a wrong shape or name is one line naming the file."""
+    """task_models naming folders of the original's ``best_model.pt``: nothing is trained, every
+    notebook runs on those vectors, and a wrong shape or name is one line naming the file."""
     from tiesnb.study import Study
 
     _, data, _ = fixtures
@@ -603,7 +603,8 @@ def test_a_study_of_original_ia3_checkpoints(fixtures, tmp_path):
     env = {**os.environ, "TIESNB_RUNS": str(tmp_path / "runs"), "TIESNB_PARAMS": str(tmp_path / "params"),
            "PYTHONWARNINGS": "ignore"}
     for nb, run in [("probe", "probe"), ("train", "train-rte"), ("train", "train-multitask"), ("evaluate", "evaluate"),
-                    ("merge_sweep", "merge_sweep"), ("ablations", "ablations")]:
+                    ("merge_sweep", "merge_sweep"), ("interference", "interference"), ("ablations", "ablations"),
+                    ("num_tasks", "num_tasks")]:
         r = subprocess.run([sys.executable, "-m", "tiesnb.cli", "run", nb, "--study", "orig-ia3", "--quiet",
                             "--params", str(params / f"{run}.yaml")], env=env, capture_output=True, text=True, cwd=paths.ROOT)
         assert r.returncode == 0, f"{run} failed:\n{r.stderr[-3000:]}"
