@@ -63,6 +63,30 @@ def tiny_clip_study(tmp_path_factory):
     return root, model
 
 
+def test_the_heads_are_fitted_again_when_the_thread_count_changes(tiny_clip_study, monkeypatch):
+    """Features computed with another thread count differ in their last bits: the heads' key holds
+    the count (the same count reuses the fitted file)."""
+    import json
+
+    from tiesnb.study import Study
+
+    root, _ = tiny_clip_study
+    monkeypatch.setattr(paths, "PARAMS", root / "params")
+    monkeypatch.setattr(paths, "RUNS", root / "runs")
+    S = Study.load("tiny-clip")
+    S.fit_heads(progress=False)
+    weights = S.heads_dir / "model.safetensors"
+    written = weights.stat().st_mtime_ns
+    assert json.loads((S.heads_dir / "params.json").read_text())["resolved"]["threads"] == torch.get_num_threads()
+    S.fit_heads(progress=False)
+    assert weights.stat().st_mtime_ns == written  # reused
+    n = torch.get_num_threads() + 1
+    monkeypatch.setattr(torch, "get_num_threads", lambda: n)
+    S.fit_heads(progress=False)
+    assert weights.stat().st_mtime_ns != written
+    assert json.loads((S.heads_dir / "params.json").read_text())["resolved"]["threads"] == n
+
+
 def test_tiny_clip_family_end_to_end(tiny_clip_study, monkeypatch):
     from transformers import AutoProcessor, CLIPModel
 

@@ -63,6 +63,9 @@ def test_the_runtime_is_in_the_key(tmp_path, monkeypatch):
     assert key(tmp_path) != before
     monkeypatch.delenv("WORLD_SIZE")
     assert key(tmp_path) == before
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 7)  # on a CPU, the thread count
+    assert key(tmp_path) != before
+    monkeypatch.undo()
     monkeypatch.setattr(training, "device", lambda: torch.device("cuda"))
     assert key(tmp_path) != before
     monkeypatch.undo()

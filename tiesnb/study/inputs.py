@@ -64,8 +64,10 @@ class Inputs:
         (fitted from the text tower, not probed) for clip."""
         s = self.study
         data = self.data()
+        # the thread count too: probes fitted on features computed with another count differ in
+        # their last bits, and every model trained on them with it
         resolved = {"data": {t: data[t].fingerprint for t in s.tasks}, **s.family.heads_settings(s),
-                    "version": __version__}
+                    "version": __version__, "threads": torch.get_num_threads()}
         meta = self.heads_dir / "params.json"
         if meta.exists() and json.loads(meta.read_text()).get("resolved") == json.loads(json.dumps(resolved)):
             return self.heads()

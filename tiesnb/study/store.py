@@ -56,7 +56,9 @@ def runtime(config) -> dict:
 
     from ..training import device, resolve_autocast
 
+    cpu = device().type == "cpu"  # on a CPU the thread count can change a result's last bits
     return {"bf16": resolve_autocast(config.autocast), "device": device().type,
+            **({"threads": torch.get_num_threads()} if cpu else {}),
             "world_size": int(os.environ.get("WORLD_SIZE", "1") or 1),
             "versions": {"torch": torch.__version__, "transformers": transformers.__version__}}
 
