@@ -45,6 +45,10 @@ masks come from different generators.
 
 Models given as hub ids (``org/name`` that is not a local folder) are fetched with
 ``huggingface_hub`` when a hub is reachable; otherwise the error names the id.
+
+Why one module (~460 lines): it is one translation — mergekit's keys, scopes, gradients, filters,
+slices and tokenizer recipes into one tiesnb call — and each check names the config key it
+refuses; split apart, the scopes would be resolved in one file and checked in another.
 """
 
 from __future__ import annotations

@@ -4,8 +4,9 @@ Each implementation has two steps: ``prepare`` (statistics passes over the whole
 global trim thresholds) and ``tensor`` (yield one merged tensor as float32 chunks). The engine
 (:mod:`.engine`) does the reading, checking and writing; the arithmetic is in :mod:`.kernels`.
 
-Why one module (~730 lines): the registry — every merge method's parameters, checks and
-streaming hooks, one short class each — read as one list, like mergekit's method table.
+Why one module (~910 lines): the registry — every merge method's parameters, checks and
+streaming hooks, one short class each — read as one list, like mergekit's method table; split
+by method, each file would repeat the same imports and hooks.
 """
 
 from __future__ import annotations
