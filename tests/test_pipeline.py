@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tiesnb import paths, pipeline
+from tiesnb import paths, pipeline, workflow
 from tiesnb.errors import TiesnbError
 from tiesnb.merge import merge
 from tiesnb.study import Study, StudyConfig
@@ -218,7 +218,9 @@ def test_a_rerun_reuses_the_cached_results(smoke_run):
     before = {p: p.stat().st_mtime_ns for p in cache.rglob("*.json")}
     record = json.loads(next(iter(before)).read_text())
     assert all({"accuracy", "pred", "correct2"} <= set(v) for v in record["tasks"].values())  # per example
-    env = {**os.environ, "TIESNB_RUNS": str(smoke_run.parent), "PYTHONWARNINGS": "ignore"}
+    # at the thread count the workflow gave the step (on a CPU it is part of the evaluation key)
+    threads = next(r for r in workflow.plan("smoke") if r.name == "ablations").resources.threads()
+    env = {**os.environ, "TIESNB_RUNS": str(smoke_run.parent), "PYTHONWARNINGS": "ignore", "TIESNB_THREADS": str(threads)}
     r = subprocess.run([sys.executable, "-m", "tiesnb.cli", "run", "ablations", "--study", "smoke", "--quiet"],
                        env=env, capture_output=True, text=True, cwd=paths.ROOT)
     assert r.returncode == 0, r.stderr[-2000:]
