@@ -190,12 +190,12 @@ for b in BASES:
     preds.append(tables.predictions(test_part.assign(method=[f"{m} [{b}]" for m in test_part.method]), "ablations"))
 table = pd.concat(parts, ignore_index=True)
 
-md = table.copy()
+md = tables.as_saved(table)  # format from the values the CSV keeps, so the Markdown and the README round alike
 at = list(md.columns).index("verdict")
 md.insert(at, "vs TIES [95% CI]", ["" if pd.isna(d) else f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}]"
-                                   for d, lo, hi in zip(table["vs TIES"], table["vs TIES lo"], table["vs TIES hi"])])
+                                   for d, lo, hi in zip(md["vs TIES"], md["vs TIES lo"], md["vs TIES hi"])])
 md.insert(at + 1, "seed-level t [95% CI]", ["" if pd.isna(lo) else f"[{lo:+.1f}, {hi:+.1f}]"
-                                            for lo, hi in zip(table["vs TIES t_lo"], table["vs TIES t_hi"])])
+                                            for lo, hi in zip(md["vs TIES t_lo"], md["vs TIES t_hi"])])
 md = md.drop(columns=["vs TIES", "vs TIES lo", "vs TIES hi", "vs TIES t_lo", "vs TIES t_hi"])
 caption = (f"TIES without each step, and with the multitask model's signs, on two bases: TIES at its tuned k and at "
            f"the paper's k = {paper_k:.0%}. {report_split} accuracy (%), mean over {len(S.seeds)} seeds, average with "
