@@ -40,7 +40,7 @@
 study: str = "default"  # which study: params/<study>/study.yaml
 select_split: str = "val"  # split λ is chosen on
 report_split: str = "test"  # split the ablation table reports
-lams: list[float] = [1.0, 1.4, 2.0, 2.8, 4.0]  # λ grid of TIES without trim (k = 100 %)
+lams: list[float] = [1.0, 1.4, 2.0, 2.8, 4.0]  # λ grid of TIES without trim (k: 100 %)
 relative_lams: list[float] = [0.5, 0.7, 1.0, 1.4, 2.0]  # × the seed's tuned λ: "without elect", the oracle
 mean_all_relative: list[float] = [0.35, 0.5, 0.7, 1.0, 1.4]  # × n × the tuned λ: "without disjoint mean"
 paper_k: float = 0.2  # the second base: TIES at the paper's k (its λ chosen on merge_sweep's grid)

@@ -24,7 +24,7 @@
 
 # %% tags=["parameters"]
 study: str = "default"  # which study: params/<study>/study.yaml
-rounds: int = 1  # each round: n subsets per size, every task in equally many (n = the number of tasks)
+rounds: int = 1  # each round: n subsets per size, every task in equally many (n: the number of tasks)
 split: str = "test"  # split of the experiment (test, or test[:n] for its first n examples per task)
 n_seeds: int = 0  # the first n training seeds (0: every seed of the study)
 ta_lam: float = 0.4  # task arithmetic λ (paper default without validation)

@@ -27,6 +27,19 @@ def test_each_notebook_has_one_typed_parameters_cell(path):
     assert path.stem in pipeline.NOTEBOOKS
 
 
+@pytest.mark.parametrize("path", NOTEBOOK_FILES, ids=lambda p: p.stem)
+def test_papermill_reads_every_parameter(path, caplog):
+    """papermill parses the parameters cell line by line (``papermill --help-notebook``, and the
+    warnings of a run): a line it cannot read (an ``=`` in the comment did it) is reported as an
+    unknown parameter on every run."""
+    import jupytext
+    from papermill.translators import PythonTranslator
+
+    cell = next(c for c in jupytext.read(path).cells if "parameters" in c.metadata.get("tags", []))
+    found = {p.name for p in PythonTranslator.inspect(cell)}
+    assert found == set(pipeline.parameters_of(path)), caplog.text
+
+
 def test_every_parameter_file_matches_its_notebook():
     studies = sorted(str(p.parent.relative_to(paths.PARAMS)) for p in paths.PARAMS.rglob("study.yaml"))
     assert {"default", "smoke", "paper/t5-large", "paper/ia3-t0"} <= set(studies)
