@@ -155,6 +155,46 @@ def test_summary_and_comparison_tables():
     assert pred.loc[0, "correct"] == "1" * 10 + "0" * 10
 
 
+def _bootstrap_uncached(per_task, draws=stats.DRAWS, rng_seed=0):
+    """The crossed bootstrap written out plainly: a fresh generator, the seeds' draw, then each
+    task's, in order (what ``stats.crossed_bootstrap`` did before it reused its draws)."""
+    S = per_task[0].shape[0]
+    rng = np.random.default_rng(rng_seed)
+    seed_w = rng.multinomial(S, np.full(S, 1.0 / S), size=draws).astype(np.float64) / S
+    total = np.zeros(draws)
+    for x in per_task:
+        N = x.shape[1]
+        counts = rng.multinomial(N, np.full(N, 1.0 / N), size=draws).astype(np.float64)
+        total += (counts @ x.T / N * seed_w).sum(1)
+    total /= len(per_task)
+    alpha = (1 - 0.95) / 2  # as stats computes it (0.025000000000000022)
+    return tuple(np.quantile(total, [alpha, 1 - alpha]))
+
+
+def test_reused_draws_give_the_plain_bootstrap_bit_for_bit():
+    rng = np.random.default_rng(3)
+    sets = {name: [rng.integers(0, 2, (3, n)).astype(float) for n in sizes]
+            for name, sizes in {"four": (40, 25, 40, 31), "three": (40, 25, 31), "one": (300,)}.items()}
+    # interleaved, so that each call finds the other shape's draws kept, or its own
+    for name in ["four", "three", "four", "four", "one", "three"]:
+        iv = stats.crossed_bootstrap(sets[name], draws=2000)
+        assert (iv.lo, iv.hi) == _bootstrap_uncached(sets[name], draws=2000), name
+    # another generator seed is another set of draws, not the kept one
+    assert (stats.crossed_bootstrap(sets["four"], draws=2000, rng_seed=1).lo
+            == _bootstrap_uncached(sets["four"], draws=2000, rng_seed=1)[0])
+
+
+def test_contributions_leave_each_task_out_in_pair_then_task_order():
+    rows = pd.DataFrame(_rows("x", {0: 0.6, 1: 0.8}) + _rows("y", {0: 0.5, 1: 0.5}) + _rows("z", {0: 0.4, 1: 0.6}))
+    pairs = [("x − y", "x", "y"), ("y − z", "y", "z")]
+    c = tables.contributions(rows, pairs, ["a", "b"], [0, 1])
+    assert list(zip(c.comparison, c.task)) == [("x − y", "a"), ("x − y", "b"), ("y − z", "a"), ("y − z", "b")]
+    for _, r in c.iterrows():  # without task a, the difference is task b's alone, and vice versa
+        other = "b" if r.task == "a" else "a"
+        alone = tables.compare(rows, [(r.comparison, *r.comparison.split(" − "))], [other], [0, 1]).iloc[0]
+        assert (r.without_task, r.lo, r.hi, r.t_lo, r.t_hi) == (alone.difference, alone.lo, alone.hi, alone.t_lo, alone.t_hi)
+
+
 def test_seed_level_t_interval_by_hand():
     from tiesnb.stats import Interval, separated, t_interval
 

@@ -92,21 +92,22 @@ def contributions(rows: pd.DataFrame, pairs: Sequence[tuple[str, str, str]], tas
     contribution to the average difference (its own difference / number of tasks, points), its
     share of the whole (%), and the difference over the other tasks — the task left out — with
     both intervals and whether it is still separated, on the same side as with every task."""
-    out = []
-    for name, a, b in pairs:
-        ra, rb = _select(rows, a, column), _select(rows, b, column)
-        whole, whole_t, _ = _difference(ra, rb, tasks, seeds)
-        for task in tasks:
+    sel = [(name, _select(rows, a, column), _select(rows, b, column)) for name, a, b in pairs]
+    whole = [_difference(ra, rb, tasks, seeds)[:2] for _, ra, rb in sel]
+    out = {}
+    for task in tasks:  # task set by task set, every pair: the bootstrap draws each set once
+        rest = [t for t in tasks if t != task]
+        for i, (name, ra, rb) in enumerate(sel):
+            w, w_t = whole[i]
             own = (ra[ra.task == task]["accuracy"].mean() - rb[rb.task == task]["accuracy"].mean()) * 100
-            rest = [t for t in tasks if t != task]
             boot, seed_t, _ = _difference(ra, rb, rest, seeds)
-            same_side = stats.separated(boot, seed_t) and np.sign(boot.mean) == np.sign(whole.mean)
-            out.append({"comparison": name, "task": task, "task_difference": own, "contribution": own / len(tasks),
-                        "share": 100 * own / len(tasks) / whole.mean if whole.mean else np.nan,
-                        "without_task": boot.mean, "lo": boot.lo, "hi": boot.hi, "t_lo": seed_t.lo, "t_hi": seed_t.hi,
-                        "separated_without": stats.separated(boot, seed_t),
-                        "holds_without": bool(same_side and stats.separated(whole, whole_t))})
-    return pd.DataFrame(out)
+            same_side = stats.separated(boot, seed_t) and np.sign(boot.mean) == np.sign(w.mean)
+            out[(i, task)] = {"comparison": name, "task": task, "task_difference": own, "contribution": own / len(tasks),
+                              "share": 100 * own / len(tasks) / w.mean if w.mean else np.nan,
+                              "without_task": boot.mean, "lo": boot.lo, "hi": boot.hi, "t_lo": seed_t.lo,
+                              "t_hi": seed_t.hi, "separated_without": stats.separated(boot, seed_t),
+                              "holds_without": bool(same_side and stats.separated(w, w_t))}
+    return pd.DataFrame([out[(i, task)] for i in range(len(sel)) for task in tasks])
 
 
 def leave_one_out(contrib: pd.DataFrame) -> pd.Series:
