@@ -100,7 +100,10 @@ def merge(method: str, base: Mapping[str, torch.Tensor] | str | os.PathLike,
     p = m.resolve(params)
     job = _make_job(base, models, include, exclude, tied, multiplicity, dtype, device, chunk, progress)
     sink = DictSink(job.output_specs())
-    _run(job, m, p, sink)
+    try:
+        _run(job, m, p, sink)
+    finally:
+        job.close()
     return {name: sink.state[name] for name in job.order}
 
 
@@ -169,6 +172,7 @@ def merge_checkpoints(method: str, base: str | os.PathLike, models: Sequence[str
     finally:
         if pool:
             pool.shutdown(wait=False, cancel_futures=True)
+        job.close()
         job.base.close()
         for s in job.models:
             s.close()
