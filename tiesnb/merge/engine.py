@@ -31,6 +31,7 @@ from ..errors import TiesnbError
 from . import fused, options
 
 DEFAULT_CHUNK = 1 << 18  # elements per model per chunk: (n, chunk) float32 stays in the CPU cache
+PARALLEL_READ_BYTES = 1 << 20  # a chunk's reads are split between two threads from this size on
 
 
 def _matches(name: str, patterns: Sequence[str]) -> bool:
@@ -196,7 +197,7 @@ class MergeJob:
         hand-over (≈ 20 µs)."""
         sources = [self.base, *self.models] if sources is None else sources
         nbytes = (stop - start) * len(sources) * 4
-        if self._pool is None or len(sources) < 2 or nbytes < (1 << 20):
+        if self._pool is None or len(sources) < 2 or nbytes < PARALLEL_READ_BYTES:
             for src, row in zip(sources, rows):
                 src.read_into(name, start, stop, row)
             return
