@@ -82,57 +82,6 @@ def test_streaming_with_tiny_chunks_equals_one_chunk(on_disk):
     assert all(torch.equal(a[n], b[n]) for n in b)
 
 
-@pytest.fixture
-def two_reading_threads(monkeypatch):
-    """Every chunk's reads split between two threads, however small (as 7 × 1 GB merges do)."""
-    from tiesnb.merge import engine
-
-    monkeypatch.setattr(engine, "PARALLEL_READ_BYTES", 0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.mark.parametrize("method, params", [
-    ("ties", {}), ("ties", {"trim": "per_tensor", "k": 0.1}), ("task_arithmetic", {"lam": 0.4}), ("average", {}),
-])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_reads_split_between_threads_give_the_same_merge(tmp_path, two_reading_threads, method, params, dtype):
-    base, models = make_models(5, seed=13)
-    cast = lambda s: {k: v.to(dtype) if v.is_floating_point() else v for k, v in s.items()}  # noqa: E731
-    base, models = cast(base), [cast(m) for m in models]
-    save_state_dict(base, tmp_path / "b")
-    for i, m in enumerate(models):
-        save_state_dict(m, tmp_path / f"m{i}")
-    paths = [tmp_path / f"m{i}" for i in range(len(models))]
-    got = merge(method, tmp_path / "b", paths, chunk=53, **params)
-    expected = merge(method, base, models, chunk=53, **params)  # in memory: one thread reads
-    assert all(torch.equal(got[n], expected[n]) for n in expected)
-
-
-def test_a_read_that_fails_in_the_second_thread_is_raised(tmp_path, two_reading_threads, monkeypatch):
-    import threading
-
-    base, models = make_models(3, seed=14)
-    save_state_dict(base, tmp_path / "b")
-    for i, m in enumerate(models):
-        save_state_dict(m, tmp_path / f"m{i}")
-    real = SafetensorsSource.read_into
-    seen = set()
-
-    def failing(self, name, start, stop, out):
-        seen.add(threading.current_thread().name.split("_")[0])
-        if self.label == "base" and threading.current_thread() is not threading.main_thread():
-            raise TiesnbError(f"corrupt safetensors file {self.path}: ended while reading a tensor")
-        return real(self, name, start, stop, out)
-
-    monkeypatch.setattr(SafetensorsSource, "read_into", failing)
-    with pytest.raises(TiesnbError, match="ended while reading"):
-        merge("task_arithmetic", tmp_path / "b", [tmp_path / f"m{i}" for i in range(3)], lam=0.5)
-    assert "tiesnb-read" in seen  # the base's rows were read by the helper thread
-
-
 def test_bf16_checkpoints(tmp_path):
     base, models = make_models(3, seed=12)
     base16 = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in base.items()}

@@ -100,10 +100,7 @@ def merge(method: str, base: Mapping[str, torch.Tensor] | str | os.PathLike,
     p = m.resolve(params)
     job = _make_job(base, models, include, exclude, tied, multiplicity, dtype, device, chunk, progress)
     sink = DictSink(job.output_specs())
-    try:
-        _run(job, m, p, sink)
-    finally:
-        job.close()
+    _run(job, m, p, sink)
     return {name: sink.state[name] for name in job.order}
 
 
@@ -172,7 +169,6 @@ def merge_checkpoints(method: str, base: str | os.PathLike, models: Sequence[str
     finally:
         if pool:
             pool.shutdown(wait=False, cancel_futures=True)
-        job.close()
         job.base.close()
         for s in job.models:
             s.close()

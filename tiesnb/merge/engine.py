@@ -18,7 +18,6 @@ notion of a checkpoint's names, shapes and dtypes; split apart, each half would 
 from __future__ import annotations
 
 import fnmatch
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Mapping, Sequence
@@ -26,12 +25,11 @@ from typing import Iterable, Iterator, Mapping, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ..checkpoints import DictSource, SafetensorsSource, SafetensorsWriter, Source, TensorSpec
+from ..checkpoints import DictSource, SafetensorsWriter, Source, TensorSpec
 from ..errors import TiesnbError
 from . import fused, options
 
 DEFAULT_CHUNK = 1 << 18  # elements per model per chunk: (n, chunk) float32 stays in the CPU cache
-PARALLEL_READ_BYTES = 1 << 20  # a chunk's reads are split between two threads from this size on
 
 
 def _matches(name: str, patterns: Sequence[str]) -> bool:
@@ -132,12 +130,6 @@ class MergeJob:
             if self.bf16_inputs and fused.available(self.device) else None
         if self.device.type == "cuda":
             self._rows = self._rows.pin_memory()
-        # files are read by two threads at once when torch may use two: a read from the page
-        # cache is a memory copy done by the reading thread, so one thread leaves a core idle
-        # (the kernels between reads use every thread torch has; preadv releases the GIL)
-        on_disk = all(isinstance(s, SafetensorsSource) for s in [self.base, *self.models])
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="tiesnb-read") \
-            if on_disk and torch.get_num_threads() > 1 and self.n >= 1 else None
 
     # ------------------------------------------------------------------ checks
     def _check_models(self) -> None:
@@ -190,35 +182,6 @@ class MergeJob:
             raise TiesnbError(f"non-finite values (NaN or inf) in '{name}' of model {i} ({self.models[i].label})")
 
     # ------------------------------------------------------------------ reading
-    def _read_rows(self, name: str, start: int, stop: int, rows: Sequence[torch.Tensor],
-                   sources: Sequence[Source] | None = None) -> None:
-        """Elements ``start:stop`` of ``name`` from each source (the base, then the models) into
-        the matching row; split between two threads when the rows are big enough to pay for the
-        hand-over (≈ 20 µs)."""
-        sources = [self.base, *self.models] if sources is None else sources
-        nbytes = (stop - start) * len(sources) * 4
-        if self._pool is None or len(sources) < 2 or nbytes < PARALLEL_READ_BYTES:
-            for src, row in zip(sources, rows):
-                src.read_into(name, start, stop, row)
-            return
-        half = len(sources) // 2
-
-        def first_half():
-            for src, row in zip(sources[:half], rows[:half]):
-                src.read_into(name, start, stop, row)
-
-        pending = self._pool.submit(first_half)
-        try:
-            for src, row in zip(sources[half:], rows[half:]):
-                src.read_into(name, start, stop, row)
-        finally:
-            pending.result()  # its error (a short file, say) is raised here
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
-
     def scratch(self, key: str, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """A reusable work buffer (float32 unless told) of at most ``n × chunk`` elements. Allocating
         a fresh tensor per chunk costs page faults that make up a third of a merge's time on CPU."""
@@ -254,7 +217,9 @@ class MergeJob:
             if name not in self._verified:  # a non-finite weight gives a non-finite difference
                 self._verify(name, base, X)
             return base, X
-        self._read_rows(name, start, stop, R)
+        self.base.read_into(name, start, stop, base)
+        for i, m in enumerate(self.models):
+            m.read_into(name, start, stop, X[i])
         if verify and name not in self._verified:
             self._verify(name, base, X)
         if self.device.type != "cpu":
@@ -275,7 +240,8 @@ class MergeJob:
     def _read_raw(self, name: str, start: int, stop: int) -> torch.Tensor:
         C = stop - start
         raw = self._raw[: (self.n + 1) * C].view(self.n + 1, C)
-        self._read_rows(name, start, stop, raw)
+        for i, src in enumerate([self.base, *self.models]):
+            src.read_into(name, start, stop, raw[i])
         return raw
 
     def stored_rows(self, name: str, start: int, stop: int) -> torch.Tensor | None:
@@ -288,7 +254,8 @@ class MergeJob:
             return self._read_raw(name, start, stop)
         C = stop - start
         R = self._rows[: (self.n + 1) * C].view(self.n + 1, C)
-        self._read_rows(name, start, stop, R)
+        for i, src in enumerate([self.base, *self.models]):
+            src.read_into(name, start, stop, R[i])
         return R
 
     def check_result(self, name: str, start: int, stop: int, out: torch.Tensor,
@@ -351,7 +318,9 @@ class MergeJob:
         numel = self.specs[name].numel
         hb = torch.empty(numel, dtype=torch.float32)
         hX = torch.empty(self.n, numel, dtype=torch.float32)
-        self._read_rows(name, 0, numel, [hb, *hX])  # whole rows at once, straight into place
+        self.base.read_into(name, 0, numel, hb)  # whole rows at once, straight into place
+        for i, m in enumerate(self.models):
+            m.read_into(name, 0, numel, hX[i])
         if name not in self._verified:
             self._verify(name, hb, hX)
         hb, hX = hb.to(self.device), hX.to(self.device)
