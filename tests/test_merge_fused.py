@@ -234,6 +234,22 @@ def test_compiled_per_tensor_cuts_equal_the_streaming_select(monkeypatch, dtype,
     assert all(torch.equal(band[n], v) for n, v in merge("breadcrumbs", base, models, k=0.5, gamma=0.1).items())
 
 
+@pytest.mark.parametrize("values", ["continuous", "quantized"])
+def test_tensor_cuts_equal_sorting(values):
+    """Both of pass 2's ways (a branch when the cut's bin holds few entries; branch-free counts
+    when it holds many, as bf16 task vectors do) against sorting."""
+    g = torch.Generator().manual_seed(5)
+    D = torch.randn(5, 10_003, generator=g) * 2e-4
+    if values == "quantized":  # bf16 weights' differences: few distinct magnitudes
+        b = (torch.randn(10_003, generator=g) * 0.02).to(torch.bfloat16).float()
+        D = (b + D).to(torch.bfloat16).float() - b
+    K = [1, 17, 2_000, 7_777, 10_003]
+    for i, (value, greater, equal) in enumerate(fused.tensor_cuts(D, K)):
+        mags = D[i].abs().sort(descending=True).values
+        want = float(mags[K[i] - 1])
+        assert (value, greater, equal) == (want, int((mags > want).sum()), int((mags == want).sum()))
+
+
 def test_tensor_cuts_by_hand():
     D = torch.tensor([[0.5, -2.0, 0.5, 3.0, -0.5, 0.0], [1.0, 1.0, 1.0, 1.0, 1.0, 1.0]])
     # row 0: the 3rd largest magnitude is 0.5, 2 larger, 3 equal; row 1: all six equal 1.0

@@ -145,46 +145,6 @@ def test_writer_refuses_out_of_order_and_incomplete(tmp_path):
         w.close()
 
 
-@pytest.mark.skipif(not hasattr(__import__("os"), "fdatasync"), reason="no fdatasync on this platform")
-def test_writer_pushes_to_disk_in_the_background_and_surfaces_its_errors(tmp_path, monkeypatch):
-    import os
-    import threading
-
-    from tiesnb import checkpoints
-
-    monkeypatch.setattr(checkpoints, "WRITEBACK_BYTES", 64)
-    synced = []
-    real = os.fdatasync
-
-    def recording(fd):
-        synced.append(threading.current_thread().name)
-        return real(fd)
-
-    monkeypatch.setattr(os, "fdatasync", recording)
-    state = {f"t{i}": torch.arange(40, dtype=torch.float32) + i for i in range(6)}
-    specs = {k: TensorSpec(v.dtype, tuple(v.shape)) for k, v in state.items()}
-    w = SafetensorsWriter(tmp_path / "ok", specs, max_shard_bytes=400)  # 160 bytes a tensor: 3 shards
-    (tmp_path / "ok").mkdir()
-    for k, v in state.items():
-        for part in v.split(16):
-            w.write(k, part)
-    w.close()
-    assert synced and all(n.startswith("tiesnb-writeback") for n in synced)
-    got = load_state_dict(tmp_path / "ok")
-    assert all(torch.equal(got[k], v) for k, v in state.items())
-
-    def failing(fd):
-        raise OSError(5, "Input/output error")
-
-    monkeypatch.setattr(os, "fdatasync", failing)
-    (tmp_path / "bad").mkdir()
-    w = SafetensorsWriter(tmp_path / "bad", specs, max_shard_bytes=400)
-    with pytest.raises(OSError, match="Input/output error"):  # at the next shard or the end, never lost
-        for k, v in state.items():
-            w.write(k, v)
-        w.close()
-
-
 def test_save_state_dict_is_atomic(tmp_path, monkeypatch):
     state = {"a": torch.ones(3)}
     save_state_dict(state, tmp_path / "ck")

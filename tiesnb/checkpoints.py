@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import struct
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -314,19 +313,11 @@ def _shard_names(count: int) -> list[str]:
     return [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
 
 
-WRITEBACK_BYTES = 64 << 20  # written bytes after which a shard's data is pushed to disk in the background
-
-
 class SafetensorsWriter:
     """Write tensors, declared up front, into ``folder`` as safetensors shards, chunk by chunk.
 
     Tensors must be written in the declared order and each from its first element to its last;
     the header is written first, so memory holds only the chunk being written.
-
-    Every shard is on disk (fsync) before the next is begun and before :meth:`close` returns.
-    So that this costs little, a helper thread pushes what was written to disk (``fdatasync``)
-    every ``WRITEBACK_BYTES`` while the merge goes on: the disk writes while the CPU merges, and
-    the last fsync waits only for the tail (7 × 1 GB fp32: 0.86 s of a 5 s merge was that fsync).
     """
 
     def __init__(self, folder: str | os.PathLike, specs: Mapping[str, TensorSpec],
@@ -366,35 +357,12 @@ class SafetensorsWriter:
         self._written = 0  # elements of that tensor written so far
         self._file = None
         self._file_index = -1
-        self._unsynced = 0  # bytes written since the last background push to disk
-        self._syncer: ThreadPoolExecutor | None = None
-        self._sync: Future | None = None
-
-    def _push_to_disk(self) -> None:
-        """Start writing what the current shard holds to disk, unless a push is under way."""
-        if self._sync is not None and not self._sync.done():
-            return
-        if self._sync is not None:
-            self._sync.result()  # an I/O error of the last push surfaces here
-        self._file.flush()
-        if self._syncer is None:
-            self._syncer = ThreadPoolExecutor(1, thread_name_prefix="tiesnb-writeback")
-        self._sync = self._syncer.submit(os.fdatasync, self._file.fileno())
-        self._unsynced = 0
-
-    def _finish_file(self) -> None:
-        """The current shard on disk and closed (after any background push of it has ended)."""
-        if self._sync is not None:
-            sync, self._sync = self._sync, None
-            sync.result()
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        self._file = None
 
     def _open(self, shard: int):
         if self._file is not None:  # the previous shard, on disk before the next is begun
-            self._finish_file()
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
         self._file = open(self.folder / self.shard_files[shard], "wb")
         self._file.write(self._headers[shard])
         self._file_index = shard
@@ -414,9 +382,6 @@ class SafetensorsWriter:
         if self._written + data.numel() > spec.numel:
             raise RuntimeError(f"too many elements written for {name}")
         self._file.write(memoryview(data.view(torch.uint8).numpy()))
-        self._unsynced += data.numel() * data.element_size()
-        if self._unsynced >= WRITEBACK_BYTES and hasattr(os, "fdatasync"):
-            self._push_to_disk()
         self._written += data.numel()
         if self._written == spec.numel:
             self._next += 1
@@ -486,10 +451,10 @@ class SafetensorsWriter:
         if self._file_index == -1:  # no tensors at all: still a valid (empty) safetensors file
             self._open(0)
         if self._file is not None:
-            self._finish_file()
-        if self._syncer is not None:
-            self._syncer.shutdown()
-            self._syncer = None
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            self._file = None
         if len(self.shard_files) > 1:
             total = sum(s.nbytes for s in self.specs.values())
             index = {"metadata": {"total_size": total},

@@ -153,6 +153,8 @@ def tensor_cuts(D: torch.Tensor, K: list[int]) -> list[tuple[float, int, int]]:
     in one compiled call (no per-call histograms to allocate and scan in Python: a per-tensor trim
     makes one call per tensor). ``K[i]`` must lie in 1…C (the caller handles 0 and C)."""
     n = D.shape[0]
+    if D.shape[1] >= 2 ** 31:  # the kernel counts in int32 (held tensors are far smaller)
+        raise ValueError(f"tensor_cuts: rows of {D.shape[1]} entries; at most 2**31 - 1")
     value = np.zeros(n, np.int64)
     greater = np.zeros(n, np.int64)
     equal = np.zeros(n, np.int64)

@@ -303,33 +303,56 @@ def _linear_bf16(raw, w, lam, mode, inv, out, bad, blocks):  # pragma: no cover 
 def _tensor_cuts(bits, K, value, greater, equal):  # pragma: no cover - compiled
     """Per row of ``bits`` (float32 bit patterns, one model's task vector of one tensor): the bit
     pattern of its ``K[i]``-th largest magnitude, how many magnitudes are larger and how many
-    equal it — a two-pass radix select (top 16 bits, then the low 16 within the bin), exact."""
+    equal it — a two-pass radix select (top 16 bits, then the low 16 within the bin), exact.
+
+    The task vectors of bf16 checkpoints take few distinct magnitudes, so a quarter or more of a
+    row can share the cut's bin: pass 2 then counts without a branch (a match adds 1, any other
+    entry 0) into 4 interleaved histograms, so that neither a mispredicted branch nor a run of
+    increments of one counter stalls it (7 × 0.7 M entries: 7.9 → 4.6 ms; with the branch kept
+    where the bin holds few entries, continuous values 4.1 → 3.1 ms). Counts are int32: a held
+    tensor has far fewer than 2³¹ entries."""
     n, C = bits.shape
+    M = np.uint32(0x7FFFFFFF)
+    S = np.uint32(16)
+    C4 = C - C % 4
     for i in prange(n):
         k = K[i]
         if k <= 0 or k > C:
             continue
         row = bits[i]
-        h = np.zeros(32768, np.int64)
+        h = np.zeros(32768, np.int32)  # pass 1: top 16 bits of |x|
         for j in range(C):
-            h[(row[j] & np.uint32(0x7FFFFFFF)) >> np.uint32(16)] += 1
+            h[(row[j] & M) >> S] += 1
         above = 0
         b = 32767
         while above + h[b] < k:  # the bin holding the k-th largest
             above += h[b]
             b -= 1
-        h2 = np.zeros(65536, np.int64)
-        for j in range(C):
-            x = row[j] & np.uint32(0x7FFFFFFF)
-            if (x >> np.uint32(16)) == b:
-                h2[x & np.uint32(0xFFFF)] += 1
+        h2 = np.zeros((4, 65536), np.int32)
+        ub = np.uint32(b)
+        if h[b] * 16 < C:  # few entries in the bin: a branch the CPU predicts well
+            for j in range(C):
+                x = row[j] & M
+                if (x >> S) == ub:
+                    h2[0, x & np.uint32(0xFFFF)] += 1
+        else:  # many (quantized task vectors): no branch to mispredict, 4 counters
+            for j in range(0, C4, 4):
+                for u in range(4):
+                    x = row[j + u] & M
+                    h2[u, x & np.uint32(0xFFFF)] += np.int32((x >> S) == ub)
+            for j in range(C4, C):
+                x = row[j] & M
+                h2[0, x & np.uint32(0xFFFF)] += np.int32((x >> S) == ub)
         v = 65535
-        while above + h2[v] < k:
-            above += h2[v]
+        while True:
+            count = np.int64(h2[0, v]) + h2[1, v] + h2[2, v] + h2[3, v]
+            if above + count >= k:
+                break
+            above += count
             v -= 1
         value[i] = (b << 16) | v
         greater[i] = above
-        equal[i] = h2[v]
+        equal[i] = count
 
 
 @njit(inline="always")
