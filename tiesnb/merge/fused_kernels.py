@@ -330,7 +330,7 @@ def _tensor_cuts(bits, K, value, greater, equal):  # pragma: no cover - compiled
             b -= 1
         h2 = np.zeros((4, 65536), np.int32)
         ub = np.uint32(b)
-        if h[b] * 16 < C:  # few entries in the bin: a branch the CPU predicts well
+        if np.int64(h[b]) * 16 < C:  # few entries in the bin: a branch the CPU predicts well
             for j in range(C):
                 x = row[j] & M
                 if (x >> S) == ub:
