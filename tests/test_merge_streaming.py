@@ -287,6 +287,21 @@ def test_console_script_runs_as_a_process(on_disk):
     assert r.returncode == 0 and "zero_sign" in r.stdout
 
 
+def test_merge_ab_runs_each_commit_from_its_own_copy(on_disk):
+    """benchmarks/merge_ab.py: every arm imports its own copy of tiesnb (the check inside each
+    run), the warm-up round is left out, and the summary names each commit."""
+    tmp, base, models, paths = on_disk
+    cfg = write_config(tmp, method="task_arithmetic", base=str(tmp / "base"), models=[str(p) for p in paths],
+                       params={"lam": 0.3})
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "merge_ab.py"
+    r = subprocess.run([sys.executable, str(script), str(cfg), "HEAD", "WORKTREE", "--repeats", "1"],
+                       capture_output=True, text=True, cwd=tmp)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("warm-up") == 2 and r.stdout.count("round 1") == 2
+    assert "median of 1 rounds" in r.stdout and "  HEAD: " in r.stdout and "  WORKTREE: " in r.stdout
+    assert not (tmp / "ab-out").exists()
+
+
 def test_source_reads_ranges(on_disk):
     tmp, base, models, paths = on_disk
     with SafetensorsSource(tmp / "base") as src:
