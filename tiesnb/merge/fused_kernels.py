@@ -328,9 +328,10 @@ def _tensor_cuts(bits, K, value, greater, equal):  # pragma: no cover - compiled
         while above + h[b] < k:  # the bin holding the k-th largest
             above += h[b]
             b -= 1
-        h2 = np.zeros((4, 65536), np.int32)
         ub = np.uint32(b)
-        if np.int64(h[b]) * 16 < C:  # few entries in the bin: a branch the CPU predicts well
+        few = np.int64(h[b]) * 16 < C
+        h2 = np.zeros((1 if few else 4, 65536), np.int32)  # zeroed per row and tensor: no more than used
+        if few:  # few entries in the bin: a branch the CPU predicts well
             for j in range(C):
                 x = row[j] & M
                 if (x >> S) == ub:
@@ -345,7 +346,9 @@ def _tensor_cuts(bits, K, value, greater, equal):  # pragma: no cover - compiled
                 h2[0, x & np.uint32(0xFFFF)] += np.int32((x >> S) == ub)
         v = 65535
         while True:
-            count = np.int64(h2[0, v]) + h2[1, v] + h2[2, v] + h2[3, v]
+            count = np.int64(0)
+            for u in range(h2.shape[0]):
+                count += h2[u, v]
             if above + count >= k:
                 break
             above += count
