@@ -17,16 +17,15 @@ the generated checkpoints and one config per method).
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from merge_bench import ROOT, run_measured  # noqa: E402
 
 
 def export(commit: str, dest: Path) -> Path:
@@ -35,25 +34,21 @@ def export(commit: str, dest: Path) -> Path:
     if commit == "WORKTREE":
         shutil.copytree(ROOT / "tiesnb", dest / "tiesnb", ignore=shutil.ignore_patterns("__pycache__"))
         return dest
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit, "tiesnb"], check=True, capture_output=True).stdout
+    got = subprocess.run(["git", "-C", str(ROOT), "archive", commit, "tiesnb"], capture_output=True)
+    if got.returncode != 0:
+        raise SystemExit(f"merge_ab: cannot export tiesnb/ at {commit!r}: {got.stderr.decode().strip()}")
+    archive = got.stdout
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
     return dest
 
 
 def run_once(tree: Path, config: Path, out: Path, cwd: Path) -> tuple[float, float]:
-    """One merge as its own process: wall seconds and peak RSS (MiB)."""
+    """One merge as its own process, importing ``tree``'s tiesnb: wall seconds and peak RSS (MiB)."""
     code = ("import sys, tiesnb; from pathlib import Path\n"
             f"assert Path(tiesnb.__file__).is_relative_to({str(tree)!r}), tiesnb.__file__\n"
             "from tiesnb.cli import main; sys.exit(main(sys.argv[1:]))")
     cmd = [sys.executable, "-c", code, "merge", str(config), "--out", str(out), "--force", "--quiet", "--no-checksums"]
-    env = dict(os.environ, PYTHONPATH=str(tree))
-    t = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"merge with {tree} failed (exit {os.waitstatus_to_exitcode(status)})")
-    return wall, usage.ru_maxrss / 1024
+    return run_measured(cmd, cwd / "checksums.json", pythonpath=tree, cwd=cwd)
 
 
 def main(argv=None) -> None:
@@ -65,7 +60,7 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory(prefix="tiesnb-ab-") as tmp:
         tmp = Path(tmp)
         trees = {c: export(c, tmp / f"tree{i}") for i, c in enumerate(args.commits)}
-        out = args.config.resolve().parent / "ab-out"
+        out = tmp / "out"  # the merged checkpoint, rewritten by every run and gone with tmp
         results: dict[str, list[tuple[float, float]]] = {c: [] for c in trees}
         for r in range(args.repeats + 1):
             for c, tree in trees.items():
@@ -73,7 +68,6 @@ def main(argv=None) -> None:
                 print(f"{'warm-up' if r == 0 else f'round {r}'}  {c}: {wall:.2f} s, {rss:.0f} MiB", flush=True)
                 if r:
                     results[c].append((wall, rss))
-        shutil.rmtree(out, ignore_errors=True)
     first = statistics.median(w for w, _ in results[args.commits[0]])
     print(f"\n{args.config.name}, median of {args.repeats} rounds (interleaved):")
     for c, runs in results.items():

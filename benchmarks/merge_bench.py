@@ -140,12 +140,14 @@ def child_original(base: str, models: list[str], out: str) -> None:
 # measurement
 
 
-def run_measured(cmd: list[str], checksum_cache: Path) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MiB) of one process (with no remembered input checksums)."""
+def run_measured(cmd: list[str], checksum_cache: Path, pythonpath: Path = ROOT,
+                 cwd: Path | None = None) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MiB) of one process (with no remembered input checksums), with
+    ``pythonpath`` (the tiesnb it imports) and, when given, ``cwd`` as its working directory."""
     checksum_cache.unlink(missing_ok=True)
     t0 = time.perf_counter()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TIESNB_CHECKSUM_CACHE": str(checksum_cache)}
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    env = {**os.environ, "PYTHONPATH": str(pythonpath), "TIESNB_CHECKSUM_CACHE": str(checksum_cache)}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=cwd)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     err = proc.stderr.read().decode()
