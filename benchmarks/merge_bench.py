@@ -14,8 +14,9 @@ process: wall time and peak RSS (``wait4``). Baselines, in the same run:
 
 * **floor**: read every input tensor once with the official safetensors library and sum it;
 * **floor + write**: the same, then write one checkpoint's bytes as every merge must, as cheaply as
-  it can be done (a kernel-side copy of the base file to a temporary file, fsync, rename — the
-  safe write tiesnb's writer does, without computing anything);
+  it can be done (a kernel-side copy of the base file to a temporary file, handed to the disk as
+  it goes with the write-behind of ``tiesnb.io.WriteBehind``, fsync, rename — the safe write
+  tiesnb's writer does, without computing anything);
 * **in-memory original**: the original TIES algorithm, every model flattened into memory
   (``tiesnb.merge.reference``), skipped when it would not fit in RAM.
 
@@ -117,12 +118,19 @@ def child_floor(base: str, models: list[str]) -> None:
 
 
 def child_floor_write(base: str, models: list[str], out: str) -> None:
+    from tiesnb.io import WriteBehind
+
     child_floor(base, models)
-    tmp = out + ".tmp"  # the cheapest write of a checkpoint's bytes: a kernel-side copy of the base file
-    shutil.copyfile(base, tmp)
-    fd = os.open(tmp, os.O_RDONLY)
-    os.fsync(fd)
-    os.close(fd)
+    # the cheapest write of a checkpoint's bytes: a kernel-side copy of the base file, handed to
+    # the disk as it goes (the write-behind tiesnb's writer uses), fsync, rename
+    tmp = out + ".tmp"
+    with open(base, "rb") as src, open(tmp, "wb") as dst:
+        behind = WriteBehind(dst.fileno())
+        size, done = os.fstat(src.fileno()).st_size, 0
+        while done < size:
+            done += os.sendfile(dst.fileno(), src.fileno(), done, min(size - done, 16 << 20))
+            behind.advance(done)
+        os.fsync(dst.fileno())
     os.replace(tmp, out)
 
 

@@ -167,11 +167,14 @@ def test_linear_kernel_equals_the_torch_path_bit_for_bit(monkeypatch, dtype, met
     fused._k()  # loaded: the compiled pass then runs for float32 inputs too
     base, models = make_models(5, seed=3)
     base, models = _in_dtype(base, dtype), [_in_dtype(m, dtype) for m in models]
+    viewed = merge(method, base, models, dtype="float32", chunk=1000, **params)  # from the dicts' own storage
+    monkeypatch.setattr(methods, "VIEWS", False)
     fast = merge(method, base, models, dtype="float32", chunk=1000, **params)  # chunks end inside tiles
     monkeypatch.setattr(methods, "FUSED_LINEAR", False)
     slow = merge(method, base, models, dtype="float32", chunk=1000, **params)
-    for n in fast:
-        assert torch.equal(fast[n], slow[n]) and (fast[n].view(-1)[:5].sign() == slow[n].view(-1)[:5].sign()).all(), n
+    for other in (fast, viewed):
+        for n in other:
+            assert torch.equal(other[n], slow[n]) and (other[n].view(-1)[:5].sign() == slow[n].view(-1)[:5].sign()).all(), n
     # the torch path is the old expression: λ·Σ(w·τ) added to the base, rows summed in order
     n = "layer0.w"
     X = torch.stack([m[n].float() for m in models])
@@ -184,8 +187,12 @@ def test_linear_kernel_equals_the_torch_path_bit_for_bit(monkeypatch, dtype, met
     assert torch.equal(slow[n], want)
 
 
+@pytest.mark.parametrize("views", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_linear_kernel_names_a_non_finite_input_and_lets_an_overflow_pass(dtype):
+def test_linear_kernel_names_a_non_finite_input_and_lets_an_overflow_pass(monkeypatch, dtype, views):
+    from tiesnb.merge import methods
+
+    monkeypatch.setattr(methods, "VIEWS", views)
     fused._k()
     base, models = make_models(3, seed=4)
     base, models = _in_dtype(base, dtype), [_in_dtype(m, dtype) for m in models]

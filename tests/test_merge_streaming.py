@@ -2,6 +2,7 @@
 one-line errors for every bad input, and nothing left behind when a merge fails."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -308,3 +309,91 @@ def test_source_reads_ranges(on_disk):
         out = torch.empty(24, dtype=torch.float64)
         src.read_into("embed.weight", 5, 29, out)
         assert torch.equal(out, base["embed.weight"].reshape(-1)[5:29].double())
+
+
+# ---------------------------------------------------------------------------------------------
+# reading through memory maps, writing behind: the same bytes, little kept resident
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("method, params", [
+    ("task_arithmetic", {"lam": 0.37}), ("task_arithmetic", {"lam": 1.3, "weights": [0.1, 2, 0.3, -1]}),
+    ("average", {}), ("average", {"weights": [0.1, 2, 0.3, 1]}),
+])
+def test_linear_merges_from_memory_maps_equal_the_copying_path(tmp_path, monkeypatch, dtype, method, params):
+    from tiesnb.checkpoints import _FileMap
+    from tiesnb.merge import methods
+
+    base, models = make_models(4, seed=12, shapes={"emb.w": (100, 64), "layer0.w": (64, 300), "layer0.b": (300,)})
+    cast = lambda s: {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in s.items()}
+    save_sharded(cast(base), tmp_path / "base")
+    for i, m in enumerate(models):
+        save_sharded(cast(m), tmp_path / f"m{i}")
+    paths = [tmp_path / f"m{i}" for i in range(4)]
+    # drop mapped pages every 4 KB, so that every chunk after the first drops some and re-faults
+    monkeypatch.setattr(_FileMap.__init__, "__defaults__", (4096,))
+    drops = []
+    real_drop = _FileMap._drop
+    monkeypatch.setattr(_FileMap, "_drop", lambda self, lo, hi: (drops.append((lo, hi)), real_drop(self, lo, hi)))
+    viewed = merge_checkpoints(method, tmp_path / "base", paths, tmp_path / "viewed", params, chunk=700, checksums=False)
+    assert drops, "no mapped pages were dropped"
+    monkeypatch.setattr(methods, "VIEWS", False)
+    copied = merge_checkpoints(method, tmp_path / "base", paths, tmp_path / "copied", params, chunk=700, checksums=False)
+    a = (Path(viewed) / "model.safetensors").read_bytes()
+    b = (Path(copied) / "model.safetensors").read_bytes()
+    assert a == b
+
+
+def test_file_map_views_and_drops(tmp_path):
+    from tiesnb.checkpoints import _FileMap
+
+    data = torch.arange(50_000, dtype=torch.float32)
+    path = tmp_path / "x.bin"
+    path.write_bytes(b"1234" + data.numpy().tobytes())
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fmap = _FileMap(fd, release=16384)
+        assert fmap.view(4 + 4 * 10, 4 * 5, torch.float32).tolist() == [10.0, 11.0, 12.0, 13.0, 14.0]
+        assert fmap.view(3, 8, torch.float32) is None  # misaligned for float32: the caller copies instead
+        for start in range(0, 50_000, 1000):  # a forward pass: what lies 16 KB behind is dropped
+            v = fmap.view(4 + 4 * start, 4000, torch.float32)
+            assert torch.equal(v, data[start:start + 1000])
+            assert fmap.high - fmap.mark <= 16384 + 4000
+        v = fmap.view(4, 400, torch.float32)  # a second pass from the start: re-read after the drops
+        assert torch.equal(v, data[:100]) and fmap.mark == 4
+        fmap.close()
+        assert _FileMap(os.open(tmp_path / "empty", os.O_RDONLY | os.O_CREAT)).view(0, 4, torch.float32) is None
+    finally:
+        os.close(fd)
+
+
+def test_write_behind_hands_windows_to_the_disk_and_writes_the_same_bytes(tmp_path, monkeypatch):
+    from tiesnb import io
+
+    if io._SYNC_FILE_RANGE is None:
+        pytest.skip("no sync_file_range here")
+    payload = os.urandom(100_000)
+    with open(tmp_path / "f", "wb") as f:
+        wb = io.WriteBehind(f.fileno(), window=8192, lag=2, enabled=True)
+        for i in range(0, len(payload), 3000):
+            f.write(payload[i:i + 3000])
+            if wb.due(f.tell()):
+                f.flush()
+                wb.advance(f.tell())
+        assert wb.started == 100_000 // 8192 and wb.dropped == wb.started - 2
+        os.fsync(f.fileno())
+    assert (tmp_path / "f").read_bytes() == payload
+    # switched off by the environment: nothing is handed over
+    monkeypatch.setenv("TIESNB_WRITE_BEHIND", "0")
+    assert not io.WriteBehind(0).enabled and not io.WriteBehind(0).due(1 << 40)
+
+
+def test_writer_output_is_the_same_with_and_without_write_behind(on_disk, tmp_path, monkeypatch):
+    from tiesnb import io
+
+    root, _, _, paths = on_disk
+    monkeypatch.setattr(io.WriteBehind.__init__, "__defaults__", (4096, 1, None))  # tiny windows: many calls
+    a = merge_checkpoints("ties", root / "base", paths, tmp_path / "a", {"k": 0.3}, checksums=False)
+    monkeypatch.setenv("TIESNB_WRITE_BEHIND", "0")
+    b = merge_checkpoints("ties", root / "base", paths, tmp_path / "b", {"k": 0.3}, checksums=False)
+    assert (Path(a) / "model.safetensors").read_bytes() == (Path(b) / "model.safetensors").read_bytes()

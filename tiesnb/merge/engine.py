@@ -265,7 +265,7 @@ class MergeJob:
         proves every input finite — one pass over C values instead of (n + 1) × C (``also``: inputs
         the output does not hold, summed too). Otherwise the
         chunk is read again and checked, naming the input (an overflow of finite inputs passes)."""
-        total = out.sum() if also is None else out.sum() + also.sum()
+        total = out.sum() if also is None else out.sum() + also.sum(dtype=torch.float32)
         if not bool(torch.isfinite(total)):
             self._verified.discard(name)
             self.read_chunk(name, start, stop)
