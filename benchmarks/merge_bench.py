@@ -10,7 +10,8 @@ conflicting between models. bf16 / fp16: base weights of std 0.02 stored in that
 fine-tuned = base + Gaussian deltas of std 2e-4, rounded to the dtype — the coarsely quantized
 task vectors of real half-precision checkpoints, whose magnitudes take few distinct values.
 Warms the page cache, then runs each configuration as its own process and measures the whole
-process: wall time and peak RSS (``wait4``). Baselines, in the same run:
+process: wall time and peak RSS (``wait4``), in rounds that interleave the configurations.
+Baselines, in the same run:
 
 * **floor**: read every input tensor once with the official safetensors library and sum it;
 * **floor + write**: the same, then write one checkpoint's bytes as every merge must, as cheaply as
@@ -198,6 +199,7 @@ def main() -> None:
     subprocess.run([sys.executable, __file__, "--child", "generate", "--dest", str(work),
                     "--size-mb", str(args.size_mb), "--models", str(args.models), "--dtype", args.dtype], check=True)
     base, models = work / "base.safetensors", [work / f"ft{i}.safetensors" for i in range(args.models)]
+    os.sync()  # freshly generated files: their writeback must not overlap the measurements
     for p in [base, *models]:  # warm the page cache: every configuration reads from memory
         with open(p, "rb") as f:
             while f.read(1 << 24):
@@ -234,13 +236,13 @@ def main() -> None:
             py, __file__, "--child", "original", "--base", str(base), "--inputs", *map(str, models),
             "--dest", str(work / "original.safetensors")]
 
-    results: dict[str, tuple[float, float]] = {}
-    for label, cmd in commands.items():
-        runs = []
-        for r in range(args.repeats):
-            runs.append(run_measured(cmd, work / "checksums.json"))
-            print(f"  {label}: {runs[-1][0]:.2f} s, {runs[-1][1]:.0f} MiB", file=sys.stderr)
-        results[label] = (statistics.median(w for w, _ in runs), max(m for _, m in runs))
+    # rounds interleave the configurations, so that a slow spell of a shared machine falls on all
+    runs: dict[str, list[tuple[float, float]]] = {label: [] for label in commands}
+    for r in range(args.repeats):
+        for label, cmd in commands.items():
+            runs[label].append(run_measured(cmd, work / "checksums.json"))
+            print(f"  round {r + 1}, {label}: {runs[label][-1][0]:.2f} s, {runs[label][-1][1]:.0f} MiB", file=sys.stderr)
+    results = {label: (statistics.median(w for w, _ in rs), max(m for _, m in rs)) for label, rs in runs.items()}
 
     ta = results["task arithmetic"][0]
     floor = results["floor: read every input once"][0]

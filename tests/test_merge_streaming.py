@@ -319,10 +319,11 @@ def test_source_reads_ranges(on_disk):
 @pytest.mark.parametrize("method, params", [
     ("task_arithmetic", {"lam": 0.37}), ("task_arithmetic", {"lam": 1.3, "weights": [0.1, 2, 0.3, -1]}),
     ("average", {}), ("average", {"weights": [0.1, 2, 0.3, 1]}),
+    ("ties", {"k": 0.2}), ("ties", {"k": 0.3, "trim": "per_tensor"}), ("dare", {"k": 0.5}),
 ])
-def test_linear_merges_from_memory_maps_equal_the_copying_path(tmp_path, monkeypatch, dtype, method, params):
+def test_merges_from_memory_maps_equal_the_copying_path(tmp_path, monkeypatch, dtype, method, params):
     from tiesnb.checkpoints import _FileMap
-    from tiesnb.merge import methods
+    from tiesnb.merge import engine, methods
 
     base, models = make_models(4, seed=12, shapes={"emb.w": (100, 64), "layer0.w": (64, 300), "layer0.b": (300,)})
     cast = lambda s: {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in s.items()}
@@ -338,6 +339,7 @@ def test_linear_merges_from_memory_maps_equal_the_copying_path(tmp_path, monkeyp
     viewed = merge_checkpoints(method, tmp_path / "base", paths, tmp_path / "viewed", params, chunk=700, checksums=False)
     assert drops, "no mapped pages were dropped"
     monkeypatch.setattr(methods, "VIEWS", False)
+    monkeypatch.setattr(engine, "VIEWS", False)
     copied = merge_checkpoints(method, tmp_path / "base", paths, tmp_path / "copied", params, chunk=700, checksums=False)
     a = (Path(viewed) / "model.safetensors").read_bytes()
     b = (Path(copied) / "model.safetensors").read_bytes()
@@ -397,3 +399,29 @@ def test_writer_output_is_the_same_with_and_without_write_behind(on_disk, tmp_pa
     monkeypatch.setenv("TIESNB_WRITE_BEHIND", "0")
     b = merge_checkpoints("ties", root / "base", paths, tmp_path / "b", {"k": 0.3}, checksums=False)
     assert (Path(a) / "model.safetensors").read_bytes() == (Path(b) / "model.safetensors").read_bytes()
+
+
+@pytest.mark.parametrize("method", ["ties", "task_arithmetic"])
+def test_views_path_names_a_non_finite_input_and_lets_an_overflow_pass(tmp_path, method):
+    base, models = make_models(3, seed=13)
+    save_file({k: v.contiguous() for k, v in base.items()}, str(tmp_path / "base.safetensors"))
+    bad = [dict(m) for m in models]
+    bad[1]["layer1.w"] = bad[1]["layer1.w"].clone()
+    bad[1]["layer1.w"].view(-1)[3] = float("inf")
+    paths = []
+    for i, m in enumerate(bad):
+        save_file({k: v.contiguous() for k, v in m.items()}, str(tmp_path / f"m{i}.safetensors"))
+        paths.append(tmp_path / f"m{i}.safetensors")
+    with pytest.raises(TiesnbError, match=r"non-finite values .* 'layer1.w' of model 1"):
+        merge_checkpoints(method, tmp_path / "base.safetensors", paths, tmp_path / "out", checksums=False)
+    assert not (tmp_path / "out").exists()
+    # finite inputs whose differences overflow float32: not an input error
+    huge = [dict(m) for m in models]
+    huge[0]["layer1.w"] = torch.full_like(models[0]["layer1.w"], 3e38)
+    b = dict(base)
+    b["layer1.w"] = torch.full_like(base["layer1.w"], -3e38)
+    save_file({k: v.contiguous() for k, v in b.items()}, str(tmp_path / "base.safetensors"))
+    save_file({k: v.contiguous() for k, v in huge[0].items()}, str(tmp_path / "m0.safetensors"))
+    save_file({k: v.contiguous() for k, v in models[1].items()}, str(tmp_path / "m1.safetensors"))
+    out = merge_checkpoints(method, tmp_path / "base.safetensors", paths, tmp_path / "out2", checksums=False)
+    assert (Path(out) / "model.safetensors").exists()
