@@ -34,7 +34,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from merge_bench import run_measured, update_doc  # noqa: E402
+from merge_bench import cheapest_copy, run_measured, update_doc  # noqa: E402
 
 SHARD = 2_000_000_000  # bytes per shard at most
 
@@ -120,7 +120,8 @@ def generate(work: Path, layers: int, n: int) -> None:
 
 def child_floor(folders: list[str], out: str | None) -> None:
     """Read every tensor of every input once (safetensors); with ``out``, then write one
-    checkpoint's bytes as cheaply as it can be done (kernel-side copies of the base's shards)."""
+    checkpoint's bytes as cheaply as it can be done (kernel-side copies of the base's shards,
+    written behind: :func:`merge_bench.cheapest_copy`)."""
     from safetensors import safe_open
 
     total = 0.0
@@ -135,10 +136,7 @@ def child_floor(folders: list[str], out: str | None) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         for f in sorted(Path(folders[0]).glob("*.safetensors")):
-            shutil.copyfile(f, tmp / f.name)
-            fd = os.open(tmp / f.name, os.O_RDONLY)
-            os.fsync(fd)
-            os.close(fd)
+            cheapest_copy(f, tmp / f.name)
         shutil.rmtree(out, ignore_errors=True)
         tmp.rename(out)
 

@@ -118,20 +118,24 @@ def child_floor(base: str, models: list[str]) -> None:
     print(float(total))
 
 
-def child_floor_write(base: str, models: list[str], out: str) -> None:
+def cheapest_copy(src_path: str | Path, dst_path: str | Path) -> None:
+    """The cheapest write of a file's bytes we know: a kernel-side copy, handed to the disk as it
+    goes (the write-behind tiesnb's writer uses, ``tiesnb.io.WriteBehind``), then fsync."""
     from tiesnb.io import WriteBehind
 
-    child_floor(base, models)
-    # the cheapest write of a checkpoint's bytes: a kernel-side copy of the base file, handed to
-    # the disk as it goes (the write-behind tiesnb's writer uses), fsync, rename
-    tmp = out + ".tmp"
-    with open(base, "rb") as src, open(tmp, "wb") as dst:
+    with open(src_path, "rb") as src, open(dst_path, "wb") as dst:
         behind = WriteBehind(dst.fileno())
         size, done = os.fstat(src.fileno()).st_size, 0
         while done < size:
             done += os.sendfile(dst.fileno(), src.fileno(), done, min(size - done, 16 << 20))
             behind.advance(done)
         os.fsync(dst.fileno())
+
+
+def child_floor_write(base: str, models: list[str], out: str) -> None:
+    child_floor(base, models)
+    tmp = out + ".tmp"  # written, then renamed into place: the safe write tiesnb's writer does
+    cheapest_copy(base, tmp)
     os.replace(tmp, out)
 
 

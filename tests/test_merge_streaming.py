@@ -425,3 +425,16 @@ def test_views_path_names_a_non_finite_input_and_lets_an_overflow_pass(tmp_path,
     save_file({k: v.contiguous() for k, v in models[1].items()}, str(tmp_path / "m1.safetensors"))
     out = merge_checkpoints(method, tmp_path / "base.safetensors", paths, tmp_path / "out2", checksums=False)
     assert (Path(out) / "model.safetensors").exists()
+
+
+def test_bench_floor_writes_the_base_bytes(tmp_path):
+    """The benchmark's floor + write copies the base exactly (its cost is a real checkpoint write)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        from merge_bench import cheapest_copy
+    finally:
+        sys.path.pop(0)
+    payload = os.urandom(40 << 20 | 123)  # several 16 MB windows and a ragged tail
+    (tmp_path / "src").write_bytes(payload)
+    cheapest_copy(tmp_path / "src", tmp_path / "dst")
+    assert (tmp_path / "dst").read_bytes() == payload
