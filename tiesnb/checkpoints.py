@@ -11,7 +11,7 @@ Files are read with ``preadv`` into buffers the caller owns, or — where a merg
 the stored numbers without a copy (:meth:`Source.view`) — through a read-only memory map. A map
 keeps every page it touched resident (merging eight 300 MB files through one shows 2.4 GB of RSS),
 so :class:`SafetensorsSource` drops the pages behind a reader from its map (``MADV_DONTNEED``; they
-stay in the page cache) and at most ~16 MB per file stays mapped in.
+stay in the page cache) and at most ~4 MB per file (plus the chunk in use) stays mapped in.
 
 :class:`SafetensorsWriter` writes the safetensors format (8-byte header length, JSON header,
 raw little-endian data) tensor by tensor, chunk by chunk, so an output is never held whole.
@@ -324,7 +324,7 @@ class _FileMap:
 
     PAGE = mmap.PAGESIZE
 
-    def __init__(self, fd: int, release: int = 16 << 20):
+    def __init__(self, fd: int, release: int = 4 << 20):
         size = os.fstat(fd).st_size
         self.map = mmap.mmap(fd, size, access=mmap.ACCESS_READ) if size else None
         if self.map is not None:
