@@ -31,7 +31,7 @@ from . import fused, options
 
 DEFAULT_CHUNK = 1 << 18  # elements per model per chunk: (n, chunk) float32 stays in the CPU cache
 VIEWS = True  # task vectors computed from the inputs' views where they give them (Source.view)
-_VIEW_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # widen to float32 exactly
+VIEW_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # views of these widen to float32 exactly
 
 
 def _matches(name: str, patterns: Sequence[str]) -> bool:
@@ -244,7 +244,7 @@ class MergeJob:
         if not VIEWS:
             return None
         views = [src.view(name, start, stop) for src in [self.base, *self.models]]
-        if any(v is None or v.dtype not in _VIEW_DTYPES or v.dtype != views[0].dtype for v in views):
+        if any(v is None or v.dtype not in VIEW_DTYPES or v.dtype != views[0].dtype for v in views):
             return None
         b = views[0]
         if b.dtype == torch.float32:

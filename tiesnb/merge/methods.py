@@ -22,7 +22,7 @@ from ..checkpoints import open_source
 from ..errors import TiesnbError
 from . import fused
 from . import kernels as K
-from .engine import MergeJob
+from .engine import VIEW_DTYPES, MergeJob
 from .registry import Method, Param, register
 from .select import Cut, TopK, cut_of_rank, float_of_bits, top_count
 
@@ -75,13 +75,13 @@ def _check_tensor_names(job: MergeJob, p: dict) -> None:
 # Speed: both read each input once. Where every input can hand out its stored numbers without a
 # copy (a memory-mapped file, a state dict in memory: Source.view), torch computes from them
 # directly, model by model, into cache-sized buffers: no copy of the inputs at all (7 × 1 GB fp32:
-# 1.7 → 0.8 s of reading and arithmetic) and no numba start-up (≈ 0.7 s). Otherwise, for bf16
+# 1.7 → 0.8 s of reading and arithmetic) and no numba start-up (≈ 0.25 s). A compiled pass reading
+# every input's map at once was slower than this (see the README's Performance). Otherwise, for bf16
 # inputs one compiled pass per chunk (fused.linear) reads the stored numbers, widens them in the
 # kernel and writes the merged values; for float32 the torch path on reused buffers. All compute
 # the same float32 operations in the same order: the results are equal bit for bit (tested).
 FUSED_LINEAR = True
-VIEWS = True
-_VIEW_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # widened to float32 exactly
+VIEWS = True  # (the engine's VIEWS does the same for the task vectors of the other methods)
 
 
 def _viewed(job: MergeJob, name: str, kind: str, w: torch.Tensor | None, lam: float,
@@ -92,7 +92,7 @@ def _viewed(job: MergeJob, name: str, kind: str, w: torch.Tensor | None, lam: fl
         return None
     sources = [job.base, *job.models]
     first = [src.view(name, 0, 1) for src in sources]
-    if any(v is None or v.dtype not in _VIEW_DTYPES for v in first):
+    if any(v is None or v.dtype not in VIEW_DTYPES for v in first):
         return None
     delta = kind == "task_arithmetic"
     w = None if w is None else w.cpu()
