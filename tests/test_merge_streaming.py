@@ -394,7 +394,7 @@ def test_writer_output_is_the_same_with_and_without_write_behind(on_disk, tmp_pa
     from tiesnb import io
 
     root, _, _, paths = on_disk
-    monkeypatch.setattr(io.WriteBehind.__init__, "__defaults__", (4096, 1, None))  # tiny windows: many calls
+    monkeypatch.setattr(io.WriteBehind.__init__, "__defaults__", (512, 1, None, None))  # tiny windows: many calls
     a = merge_checkpoints("ties", root / "base", paths, tmp_path / "a", {"k": 0.3}, checksums=False)
     monkeypatch.setenv("TIESNB_WRITE_BEHIND", "0")
     b = merge_checkpoints("ties", root / "base", paths, tmp_path / "b", {"k": 0.3}, checksums=False)
@@ -438,3 +438,26 @@ def test_bench_floor_writes_the_base_bytes(tmp_path):
     (tmp_path / "src").write_bytes(payload)
     cheapest_copy(tmp_path / "src", tmp_path / "dst")
     assert (tmp_path / "dst").read_bytes() == payload
+
+
+def test_a_disk_error_while_writing_behind_names_the_file_and_leaves_nothing(on_disk, tmp_path, monkeypatch, capsys):
+    import ctypes
+
+    from tiesnb import io
+
+    if io._SYNC_FILE_RANGE is None:
+        pytest.skip("no sync_file_range here")
+
+    def failing(fd, offset, nbytes, flags):
+        ctypes.set_errno(5)  # EIO: what a failing disk reports
+        return -1
+
+    monkeypatch.setattr(io, "_SYNC_FILE_RANGE", failing)
+    monkeypatch.setattr(io.WriteBehind.__init__, "__defaults__", (512, 1, None, None))  # the first window fails
+    root, _, _, paths = on_disk
+    cfg = write_config(tmp_path, method="task_arithmetic", base=str(root / "base"), models=[str(p) for p in paths],
+                       params={"lam": 0.3})
+    assert main(["merge", str(cfg), "--out", str(tmp_path / "merged"), "--quiet", "--no-checksums"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "writing to disk failed: Input/output error" in err[0] and "model.safetensors" in err[0], err
+    assert not (tmp_path / "merged").exists() and not list(tmp_path.glob(".merged*"))

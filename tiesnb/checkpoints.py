@@ -440,8 +440,9 @@ class SafetensorsWriter:
             self._file.flush()
             os.fsync(self._file.fileno())
             self._file.close()
-        self._file = open(self.folder / self.shard_files[shard], "wb")
-        self._behind = WriteBehind(self._file.fileno())  # on disk as it is written, see io.WriteBehind
+        path = self.folder / self.shard_files[shard]
+        self._file = open(path, "wb")
+        self._behind = WriteBehind(self._file.fileno(), path=path)  # on disk as it is written, see io.WriteBehind
         self._length = 0
         self._file_index = shard
         self._append(self._headers[shard])

@@ -112,8 +112,10 @@ class WriteBehind:
     have reached the kernel: flush a buffered file first; :meth:`due` says when it matters).
     ``TIESNB_WRITE_BEHIND=0`` turns it off (to measure what it saves)."""
 
-    def __init__(self, fd: int, window: int = 16 << 20, lag: int = 4, enabled: bool | None = None):
+    def __init__(self, fd: int, window: int = 16 << 20, lag: int = 4, enabled: bool | None = None,
+                 path: str | os.PathLike | None = None):
         self.fd = fd
+        self.path = path  # named in an error
         self.window = window
         self.lag = lag
         if enabled is None:
@@ -145,7 +147,7 @@ class WriteBehind:
             # a file system or device without it (ESPIPE, EINVAL): write as a plain file does
             self.enabled = False
             if err not in (22, 29, 95):  # EINVAL, ESPIPE, EOPNOTSUPP
-                raise OSError(err, f"sync_file_range: {os.strerror(err)}")
+                raise OSError(err, f"writing to disk failed: {os.strerror(err)}", self.path)
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:
