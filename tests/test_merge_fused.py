@@ -241,17 +241,22 @@ def test_compiled_per_tensor_cuts_equal_the_streaming_select(monkeypatch, dtype,
     assert all(torch.equal(band[n], v) for n, v in merge("breadcrumbs", base, models, k=0.5, gamma=0.1).items())
 
 
-@pytest.mark.parametrize("values", ["continuous", "quantized"])
-def test_tensor_cuts_equal_sorting(values):
-    """Both of pass 2's ways (a branch when the cut's bin holds few entries; branch-free counts
-    when it holds many, as bf16 task vectors do) against sorting."""
+@pytest.mark.parametrize("width", [10_003, 777])
+@pytest.mark.parametrize("low_bits", [False, True])
+@pytest.mark.parametrize("values", ["continuous", "quantized", "mixed"])
+def test_tensor_cuts_equal_sorting(values, low_bits, width):
+    """Every way of the kernel against sorting: pass 2 with a branch (few entries in the cut's
+    bin) and branch-free (many, as bf16 task vectors have); with ``low_bits``, a cut on a bin's
+    floor found by pass 1 alone or, above it, by pass 2; rows shorter than SORT_BELOW sorted."""
     g = torch.Generator().manual_seed(5)
-    D = torch.randn(5, 10_003, generator=g) * 2e-4
-    if values == "quantized":  # bf16 weights' differences: few distinct magnitudes
-        b = (torch.randn(10_003, generator=g) * 0.02).to(torch.bfloat16).float()
+    D = torch.randn(5, width, generator=g) * 2e-4
+    if values != "continuous":  # bf16 weights' differences: few distinct magnitudes
+        b = (torch.randn(width, generator=g) * 0.02).to(torch.bfloat16).float()
         D = (b + D).to(torch.bfloat16).float() - b
-    K = [1, 17, 2_000, 7_777, 10_003]
-    for i, (value, greater, equal) in enumerate(fused.tensor_cuts(D, K)):
+    if values == "mixed":  # many low bits set: some cuts fall above their bin's floor
+        D[:, ::3] *= 1.0 + 2.0 ** -20
+    K = [1, 17, width // 5, width * 7 // 9, width]
+    for i, (value, greater, equal) in enumerate(fused.tensor_cuts(D, K, low_bits)):
         mags = D[i].abs().sort(descending=True).values
         want = float(mags[K[i] - 1])
         assert (value, greater, equal) == (want, int((mags > want).sum()), int((mags == want).sum()))

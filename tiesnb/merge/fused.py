@@ -73,6 +73,18 @@ def _threads() -> int:
     return t
 
 
+Stored = "torch.Tensor | tuple[torch.Tensor, ...]"  # a chunk as stored: (n + 1, C), or n + 1 rows
+
+
+def _u16(raw) -> np.ndarray | tuple[np.ndarray, ...]:
+    """A bf16 chunk as stored, as the kernels read it (uint16): one (n + 1, C) array, or — where the
+    engine hands the inputs' own memory, the rows of their mapped files — a tuple of n + 1 rows
+    (numba compiles the kernels once per row count; they read either the same way)."""
+    if isinstance(raw, tuple):
+        return tuple(r.view(torch.int16).numpy().view(np.uint16) for r in raw)
+    return raw.view(torch.int16).numpy().view(np.uint16)
+
+
 def histogram(D: torch.Tensor, hist: np.ndarray, low_bits: bool, times: int = 1) -> None:
     """Add the key counts of ``|D|`` (n, C float32) to ``hist`` (blocks, n, keys) int64: key =
     the top 16 bits of the float32 ``|x|``, plus 32,768 when ``low_bits`` and its low 16 bits
@@ -81,19 +93,22 @@ def histogram(D: torch.Tensor, hist: np.ndarray, low_bits: bool, times: int = 1)
     _k()._histogram(bits, hist, hist.shape[0], low_bits, times)
 
 
-def histogram_bf16(raw: torch.Tensor, hist: np.ndarray, low_bits: bool, times: int = 1) -> bool:
-    """:func:`histogram` of the task vectors of ``raw`` (n + 1, C) bf16 — rows 1… minus row 0,
+def histogram_bf16(raw: Stored, hist: np.ndarray, low_bits: bool, times: int = 1) -> bool:
+    """:func:`histogram` of the task vectors of ``raw`` (n + 1, C) bf16 (see :func:`_u16`) — rows 1… minus row 0,
     in float32 — without writing them out. False when some input is not finite (inf or NaN):
     the caller then reads the chunk the ordinary way, whose check names the input."""
     bad = np.zeros(hist.shape[0], np.bool_)
-    _k()._histogram_bf16(raw.view(torch.int16).numpy().view(np.uint16), hist, low_bits, times, bad)
+    _k()._histogram_bf16(_u16(raw), hist, low_bits, times, bad)
     return not bad.any()
 
 
-def bf16_delta(raw: torch.Tensor, base: torch.Tensor, D: torch.Tensor) -> None:
-    """Rows 1… of ``raw`` (n + 1, C) bf16 minus its row 0, as float32, into ``D`` (n, C); row 0 as
-    float32 into ``base`` (C,): what converting to float32 and subtracting gives, in one pass."""
-    _k()._bf16_delta(raw.view(torch.int16).numpy().view(np.uint16), base.numpy(), D.numpy(), _threads())
+def bf16_delta(raw: Stored, base: torch.Tensor, D: torch.Tensor, at: int = 0) -> bool:
+    """Rows 1… of ``raw`` (n + 1, C) bf16 minus its row 0, as float32, into ``D[:, at:at + C]``
+    (``D`` C-contiguous); row 0 as float32 into ``base[at:at + C]``: what converting to float32
+    and subtracting gives, in one pass. False when some input is not finite (inf or NaN)."""
+    bad = np.zeros(_threads(), np.bool_)
+    _k()._bf16_delta(_u16(raw), base.numpy(), D.numpy(), at, bad)
+    return not bad.any()
 
 
 def blocks() -> int:
@@ -115,15 +130,15 @@ def merge(D: torch.Tensor, base: torch.Tensor, thr, tie, left, low, zero_positiv
     return used
 
 
-def merge_bf16(raw: torch.Tensor, thr, tie, left, low, zero_positive: bool, disjoint: str, lam: float,
+def merge_bf16(raw: Stored, thr, tie, left, low, zero_positive: bool, disjoint: str, lam: float,
                out: torch.Tensor, flags: torch.Tensor, blocks: int | None = None) -> np.ndarray:
-    """:func:`merge` of the task vectors of ``raw`` (n + 1, C) bf16 (rows 1… minus row 0, in
-    float32) onto row 0, without writing them out. Every ``left[i]`` must be 0 or at least C."""
-    C = raw.shape[1]
+    """:func:`merge` of the task vectors of ``raw`` (n + 1, C) bf16 (see :func:`_u16`; rows 1… minus
+    row 0, in float32) onto row 0, without writing them out. Every ``left[i]`` must be 0 or at least C."""
+    C = raw[0].numel()
     if any(0 < x < C for x in left):
         raise ValueError("merge_bf16: the ties to keep could run out inside this chunk; use merge()")
-    used = np.zeros(raw.shape[0] - 1, np.int64)
-    _k()._merge_bf16(raw.view(torch.int16).numpy().view(np.uint16), thr, tie, left, low, zero_positive,
+    used = np.zeros(len(raw) - 1, np.int64)
+    _k()._merge_bf16(_u16(raw), thr, tie, left, low, zero_positive,
                 DISJOINT[disjoint], np.float32(lam), out.numpy(), flags.numpy(), used, blocks or _threads())
     return used
 
@@ -131,7 +146,7 @@ def merge_bf16(raw: torch.Tensor, thr, tie, left, low, zero_positive: bool, disj
 LINEAR = {"task_arithmetic": 0, "average": 1}
 
 
-def linear(rows: torch.Tensor, kind: str, w: np.ndarray, lam: float, divisor: float, out: torch.Tensor) -> bool:
+def linear(rows: Stored, kind: str, w: np.ndarray, lam: float, divisor: float, out: torch.Tensor) -> bool:
     """Task arithmetic (``b + λ Σ_i w_i (x_i − b)``) or a weighted average (``Σ_i w_i x_i / divisor``)
     of one chunk in one pass: ``rows`` (n + 1, C), the base in row 0, float32 — or bf16 as stored,
     widened inside the kernel. The float32 operations and their order are those of the torch path
@@ -140,18 +155,20 @@ def linear(rows: torch.Tensor, kind: str, w: np.ndarray, lam: float, divisor: fl
     the ordinary way, which names the input, or accepts an overflow of finite inputs)."""
     bad = np.zeros(_threads(), np.bool_)
     args = (w.astype(np.float32), np.float32(lam), LINEAR[kind], np.float32(divisor), out.numpy(), bad, len(bad))
-    if rows.dtype == torch.bfloat16:
-        _k()._linear_bf16(rows.view(torch.int16).numpy().view(np.uint16), *args)
+    if isinstance(rows, tuple) or rows.dtype == torch.bfloat16:
+        _k()._linear_bf16(_u16(rows), *args)
     else:
         _k()._linear(rows.numpy(), *args)
     return not bad.any()
 
 
-def tensor_cuts(D: torch.Tensor, K: list[int]) -> list[tuple[float, int, int]]:
+def tensor_cuts(D: torch.Tensor, K: list[int], low_bits: bool = False) -> list[tuple[float, int, int]]:
     """Per model (row of ``D``, (n, C) float32, C-contiguous): the ``K[i]``-th largest magnitude,
     the number of larger ones and of equal ones — the exact selection :class:`.select.TopK` finds,
     in one compiled call (no per-call histograms to allocate and scan in Python: a per-tensor trim
-    makes one call per tensor). ``K[i]`` must lie in 1…C (the caller handles 0 and C)."""
+    makes one call per tensor). ``K[i]`` must lie in 1…C (the caller handles 0 and C).
+    ``low_bits``: the values are task vectors of bf16 checkpoints, whose cut pass 1 alone usually
+    finds (the same answer either way; a speed switch)."""
     n = D.shape[0]
     if D.shape[1] >= 2 ** 31:  # the kernel counts in int32 (held tensors are far smaller)
         raise ValueError(f"tensor_cuts: rows of {D.shape[1]} entries; at most 2**31 - 1")
@@ -159,7 +176,7 @@ def tensor_cuts(D: torch.Tensor, K: list[int]) -> list[tuple[float, int, int]]:
     greater = np.zeros(n, np.int64)
     equal = np.zeros(n, np.int64)
     _threads()
-    _k()._tensor_cuts(D.view(torch.int32).numpy().view(np.uint32), np.asarray(K, np.int64), value, greater, equal)
+    _k()._tensor_cuts(D.view(torch.int32).numpy().view(np.uint32), np.asarray(K, np.int64), value, greater, equal, low_bits)
     out = []
     for i in range(n):
         v = float(torch.tensor(int(value[i]), dtype=torch.int64).to(torch.int32).view(torch.float32))

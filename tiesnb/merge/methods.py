@@ -492,7 +492,7 @@ class SparseMerge:
                     times = mult.get(name, 1)
                     if not fused.histogram_bf16(raw, H, True, times):
                         job.read_chunk(name, start, stop)  # raises: its check names the input
-                    total += raw.shape[1] * times
+                    total += (stop - start) * times
                 for name in names:
                     job.verified(name)
             else:
@@ -541,7 +541,7 @@ class SparseMerge:
         cuts: list[list[Cut]] = [[] for _ in range(job.n)]
         for j in range(len(counts[0])):  # magnitude: one cut per model; band: outer and inner
             K = [c[j] for c in counts]
-            found = fused.tensor_cuts(hX, [min(max(k, 1), d) for k in K])
+            found = fused.tensor_cuts(hX, [min(max(k, 1), d) for k in K], job.bf16_inputs)
             for i, (value, greater, equal) in enumerate(found):
                 cuts[i].append(cut_of_rank(K[i], d, value, greater, equal, p["ties"]))
         return cuts
