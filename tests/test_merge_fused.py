@@ -97,21 +97,30 @@ def test_merges_equal_with_and_without_the_compiled_kernels(monkeypatch, inputs,
         assert all(torch.equal(fast[n], slow[n]) for n in slow), (params, chunk)
 
 
-def test_bf16_histogram_from_stored_numbers_equals_the_float32_one():
+@pytest.mark.parametrize("rows", [False, True])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_histogram_from_stored_numbers_equals_the_float32_one(dtype, rows):
+    """The kernels reading chunks as stored — one (n + 1, C) array, or a tuple of rows (the
+    inputs' mapped files) — against the float32 task vectors formed by torch."""
     g = torch.Generator().manual_seed(4)
-    raw = (0.02 * torch.randn(4, 9000, generator=g)).to(torch.bfloat16)
-    raw[2, :3000] = (raw[0, :3000].float() + 2e-4 * torch.randn(3000, generator=g)).to(torch.bfloat16)
-    H = np.zeros((3, 3, 2 * HI_BINS), np.int64)
-    assert fused.histogram_bf16(raw, H, True, times=3)
+    raw = (0.02 * torch.randn(4, 9000, generator=g)).to(dtype)
+    raw[2, :3000] = (raw[0, :3000].float() + 2e-4 * torch.randn(3000, generator=g)).to(dtype)
+    stored = tuple(raw) if rows else raw
+    low_bits = dtype == torch.bfloat16
+    keys = 2 * HI_BINS if low_bits else HI_BINS
+    H = np.zeros((3, 3, keys), np.int64)
+    assert fused.histogram_stored(stored, H, low_bits, times=3)
     D = raw[1:].float() - raw[0].float()
-    want = np.zeros((1, 3, 2 * HI_BINS), np.int64)
-    fused.histogram(D, want, True, times=3)
+    want = np.zeros((1, 3, keys), np.int64)
+    fused.histogram(D, want, low_bits, times=3)
     assert np.array_equal(H.sum(0), want[0])
-    base, D = torch.empty(9000), torch.empty(3, 9000)
-    fused.bf16_delta(raw, base, D)
-    assert torch.equal(base, raw[0].float()) and torch.equal(D, raw[1:].float() - raw[0].float())
+    base, out = torch.empty(9100), torch.zeros(3, 9100)
+    assert fused.stored_delta(stored, base, out, at=50)  # into columns 50…9049 of a wider array
+    assert torch.equal(base[50:9050], raw[0].float()) and torch.equal(out[:, 50:9050], D)
+    assert not out[:, :50].any() and not out[:, 9050:].any()
     raw[3, 5000] = float("nan")
-    assert not fused.histogram_bf16(raw, H, True)
+    assert not fused.histogram_stored(tuple(raw) if rows else raw, H, low_bits)
+    assert not fused.stored_delta(tuple(raw) if rows else raw, base, out)
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
@@ -130,22 +139,34 @@ def test_bf16_non_finite_input_is_named(tmp_path, bad):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("rows", [False, True])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("blocks", [1, 2, 3])
-def test_bf16_merge_kernel_equals_the_float32_one(blocks):
+def test_merge_kernel_on_stored_numbers_equals_the_float32_one(blocks, dtype, rows):
     g = torch.Generator().manual_seed(blocks)
-    raw = (0.02 * torch.randn(5, 3001, generator=g)).to(torch.bfloat16)
-    raw[1:] = (raw[0].float() + 2e-3 * torch.randint(-3, 4, (4, 3001), generator=g)).to(torch.bfloat16)
+    raw = (0.02 * torch.randn(5, 3001, generator=g)).to(dtype)
+    raw[1:] = (raw[0].float() + 2e-3 * torch.randint(-3, 4, (4, 3001), generator=g)).to(dtype)
     D, base = raw[1:].float() - raw[0].float(), raw[0].float()
     thr = np.array([2e-3, 1e-3, -1.0, 3e-3], np.float32)
     mags = D[1].abs()
     thr[1] = float(mags[mags > 0].mode().values)  # a magnitude many entries share: ties at the cut
-    tie, left, low = thr.copy(), np.array([0, 10**6, 0, 3001], np.int64), np.full(4, -1.0, np.float32)
+    tie, left = thr.copy(), np.array([0, 10**6, 0, 3001], np.int64)
+    low = np.array([-1.0, -1.0, -1.0, 1e-3], np.float32)  # model 3: an undecided bin, columns flagged
     out, flags, want, want_flags = torch.empty(3001), torch.empty(3001, dtype=torch.uint8), torch.empty(3001), torch.empty(3001, dtype=torch.uint8)
-    used = fused.merge_bf16(raw, thr, tie, left, low, False, "mean", 0.5, out, flags, blocks=blocks)
+    stored = tuple(raw) if rows else raw
+    used = fused.merge_stored(stored, thr, tie, left, low, False, "mean", 0.5, out, flags, blocks=blocks)
     want_used = fused.merge(D, base, thr, tie, left, low, False, "mean", 0.5, want, want_flags, blocks=blocks)
     assert torch.equal(out, want) and used.tolist() == want_used.tolist() and used[1] > 0
-    with pytest.raises(ValueError, match="run out"):
-        fused.merge_bf16(raw, thr, tie, np.array([0, 5, 0, 0], np.int64), low, False, "mean", 0.5, out, flags)
+    assert torch.equal(flags, want_flags) and flags.any()
+    # model 1's ties run out inside the chunk: blocks working in parallel cannot know where, and
+    # the caller is told (one block can: it keeps the first 5, as the float32 kernel does)
+    few = np.array([0, 5, 0, 0], np.int64)
+    used = fused.merge_stored(stored, thr, tie, few, low, False, "mean", 0.5, out, flags, blocks=blocks)
+    want_used = fused.merge(D, base, thr, tie, few, low, False, "mean", 0.5, want, want_flags, blocks=blocks)
+    if blocks == 1:
+        assert torch.equal(out, want) and used.tolist() == want_used.tolist() == [0, 5, 0, 0]
+    else:
+        assert used is None
 
 
 # ---------------------------------------------------------------------------------------------

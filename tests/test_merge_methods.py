@@ -462,6 +462,7 @@ def test_set_aside_columns_give_the_same_bits_as_a_second_pass(monkeypatch, para
     import tiesnb.merge.methods as M
 
     monkeypatch.setattr(M, "COMPILED_CUTS", False)
+    monkeypatch.setattr(M, "GUESS_SAMPLE", 0)  # no guess of the cut's bin: the undecided bin is set aside
 
     base, models = _with_ties(21)
     if "signs" in params:
@@ -473,6 +474,44 @@ def test_set_aside_columns_give_the_same_bits_as_a_second_pass(monkeypatch, para
     assert max(calls) > 0  # columns were set aside
     monkeypatch.setattr(M, "DEFER", False)
     plain = merge("ties", base, models, chunk=chunk, **params)
+    assert all(torch.equal(fast[n], plain[n]) for n in base)
+
+
+@pytest.mark.parametrize("guess", ["right", "wrong"])
+@pytest.mark.parametrize("params", [{}, {"k": 0.05, "ties": "keep"}, {"trim": "per_tensor", "k": 0.3}])
+def test_a_guessed_bin_gives_the_cut_in_one_pass_and_the_same_bits(monkeypatch, params, guess):
+    """Pass 1 also counts the low bits of the entries in a window of bins guessed from a sample:
+    guessed right, the cut is exact after one pass (nothing set aside, no pass 2); wrong, the
+    merge goes the usual way. Either way the bits are those of the plain two-pass route."""
+    import tiesnb.merge.methods as M
+    from tiesnb.merge.select import TopK
+
+    monkeypatch.setattr(M, "COMPILED_CUTS", False)  # per-tensor: the streaming select, not held cuts
+    # small tensors: the "sample" is every run of 64 (a sparse one of 0.1 M entries can miss by a
+    # few bins), so the guess is right by construction; "wrong" moves it 40 bins off
+    monkeypatch.setattr(M, "GUESS_SPAN", 64)
+    monkeypatch.setattr(M, "GUESS_SAMPLE", 1)
+    base, models = make_models(4, seed=8, shapes={"a.w": (300, 200), "b.w": (500, 120), "c.b": (77,)})
+    if guess == "wrong":
+        real = M.SparseMerge._guess_window
+
+        def off(job, sel, names):
+            w = real(job, sel, names)
+            return None if w is None else (w[0] + 40, w[1])
+        monkeypatch.setattr(M.SparseMerge, "_guess_window", staticmethod(off))
+    stages, scopes = [], []
+    real_advance = TopK.advance
+    monkeypatch.setattr(TopK, "advance", lambda self: (stages.append(self.stage), real_advance(self))[1])
+    real_scope = M._Scope.__init__
+    monkeypatch.setattr(M._Scope, "__init__", lambda self, *a: (scopes.append(1), real_scope(self, *a))[1])
+    fast = merge("ties", base, models, chunk=5000, **params)
+    if guess == "right" and "trim" not in params:  # (per-tensor: held tensors are selected without a guess)
+        assert 2 not in stages and not scopes  # exact after pass 1
+    else:
+        assert 2 in stages or scopes  # the usual way: pass 2, or columns set aside
+    monkeypatch.setattr(M, "GUESS_SAMPLE", 0)
+    monkeypatch.setattr(M, "DEFER", False)
+    plain = merge("ties", base, models, chunk=5000, **params)
     assert all(torch.equal(fast[n], plain[n]) for n in base)
 
 

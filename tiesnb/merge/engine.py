@@ -122,15 +122,19 @@ class MergeJob:
         self.specs = {n: self.base.spec(n) for n in self.order}
         self.total = sum(self.specs[n].numel for n in self.merged)
         # bf16 checkpoints: task vectors take few distinct values (see select.TopK's low_bits)
-        self.bf16_inputs = all(src.spec(n).dtype == torch.bfloat16 for src in [self.base, *self.models] for n in self.merged)
+        dtypes = {src.spec(n).dtype for src in [self.base, *self.models] for n in self.merged}
+        self.bf16_inputs = dtypes == {torch.bfloat16}
+        # every input bf16, or every one float32: the compiled kernels read the chunks as stored
+        stored = next(iter(dtypes)) if len(dtypes) == 1 and next(iter(dtypes)) in fused.STORED else None
         self._verified: set[str] = set()
         self._held: tuple[str, torch.Tensor, torch.Tensor] | None = None
         self._scratch: dict[str, torch.Tensor] = {}
         # a chunk's base and models as (n + 1, C) float32 rows, the base in row 0
         self._rows = torch.empty((self.n + 1) * self.chunk, dtype=torch.float32)
-        # bf16 inputs on CPU: read as they are stored, then convert and subtract in one compiled pass
-        self._raw = torch.empty((self.n + 1) * self.chunk, dtype=torch.bfloat16) \
-            if self.bf16_inputs and fused.available(self.device) else None
+        # on CPU, chunks as stored (bf16 or float32) for the compiled kernels, copied here where
+        # the inputs give no views
+        self._raw = torch.empty((self.n + 1) * self.chunk, dtype=stored) \
+            if stored is not None and fused.available(self.device) else None
         if self.device.type == "cuda":
             self._rows = self._rows.pin_memory()
 
@@ -219,8 +223,8 @@ class MergeJob:
             viewed = self._view_delta(name, start, stop, X, base, verify)
             if viewed is not None:
                 return viewed, X
-        if delta and self._raw is not None:
-            fused.bf16_delta(self._read_raw(name, start, stop), base, X)
+        if delta and self.raw_bf16:
+            fused.stored_delta(self._read_raw(name, start, stop), base, X)
             if name not in self._verified:  # a non-finite weight gives a non-finite difference
                 self._verify(name, base, X)
             return base, X
@@ -239,7 +243,7 @@ class MergeJob:
         ``x − b`` into ``X[:, at:at + C]`` straight from them, with no copy of the inputs (reading
         and subtracting 7 × 1 GB fp32: 1.3 → 0.7 s); returns the base — its view for float32
         inputs, else widened into ``base[at:at + C]``. bf16 numbers are widened and subtracted in
-        one compiled pass (:func:`.fused.bf16_delta`), other half-precision ones by a copy, then
+        one compiled pass (:func:`.fused.stored_delta`), other half-precision ones by a copy, then
         subtracted: the float32 operations of the copying path. None where some input gives no
         view (or of another dtype than the base), or some value may not be finite: the copying
         path then checks the inputs themselves, naming the one at fault."""
@@ -250,10 +254,11 @@ class MergeJob:
             return None
         C = stop - start
         b = views[0]
-        if b.dtype == torch.bfloat16 and fused.available(self.device) and len(views) <= VIEW_ROWS:
-            # one pass, which also sees a non-finite input (an overflow of finite ones passes,
-            # as on the copying path)
-            return base[at:at + C] if fused.bf16_delta(tuple(views), base, X, at) else None
+        if (len(views) <= VIEW_ROWS and fused.available(self.device)
+                and (b.dtype == torch.bfloat16 or (b.dtype == torch.float32 and fused.loaded()))):
+            # one compiled pass (float32: once numba's start-up is paid), which also sees a
+            # non-finite input (an overflow of finite ones passes, as on the copying path)
+            return base[at:at + C] if fused.stored_delta(tuple(views), base, X, at) else None
         X, base = X[:, at:at + C], base[at:at + C]
         if b.dtype == torch.float32:
             for i, x in enumerate(views[1:]):
@@ -269,10 +274,11 @@ class MergeJob:
             return None
         return b
 
-    def raw_chunks(self, desc: str | None, names: Sequence[str]) -> Iterator[tuple[str, int, int, torch.Tensor]]:
-        """With bf16 inputs on CPU (``self.raw_bf16``), every chunk as stored: ``(name, start, stop,
-        raw)`` with ``raw`` (n + 1, C) bf16, the base in row 0. Unchecked: the caller checks
-        the values (and calls :meth:`verified` for each tensor it found finite)."""
+    def raw_chunks(self, desc: str | None, names: Sequence[str]) -> Iterator[tuple[str, int, int, fused.Stored]]:
+        """With bf16 or float32 inputs on CPU (``self.raw_stored``), every chunk as stored: ``(name,
+        start, stop, raw)`` with ``raw`` the n + 1 rows, the base in row 0 (see :meth:`_read_raw`).
+        Unchecked: the caller checks the values (and calls :meth:`verified` for each tensor it
+        found finite)."""
         total = sum(self.specs[n].numel for n in names)
         with self.bar(total, desc) as bar:
             for name in names:
@@ -280,14 +286,19 @@ class MergeJob:
                     yield name, start, stop, self._read_raw(name, start, stop)
                     bar.update(stop - start)
 
+    def stored_chunk(self, name: str, start: int, stop: int) -> fused.Stored:
+        """Any range of a tensor as stored (:meth:`_read_raw`; needs :attr:`raw_stored`), unchecked."""
+        return self._read_raw(name, start, stop)
+
     def _read_raw(self, name: str, start: int, stop: int) -> fused.Stored:
-        """The chunk as stored, bf16: the inputs' own rows where they give views (their mapped
-        files: a histogram pass over 7 × 1 GB reads them in 2.4 s instead of 3.3 s through
-        copies), else copied into one (n + 1, C) buffer."""
+        """The chunk as stored (bf16 or float32): the inputs' own rows where they give views (their
+        mapped files: a histogram pass over 7 × 1 GB reads them in 2.4 s instead of 3.3 s through
+        copies, bf16; 1.8 → 1.4 s float32 against views subtracted by torch), else copied into
+        one (n + 1, C) buffer."""
         sources = [self.base, *self.models]
         if VIEWS and len(sources) <= VIEW_ROWS:
             views = tuple(src.view(name, start, stop) for src in sources)
-            if all(v is not None and v.dtype == torch.bfloat16 for v in views):
+            if all(v is not None and v.dtype == self._raw.dtype for v in views):
                 return views
         C = stop - start
         raw = self._raw[: (self.n + 1) * C].view(self.n + 1, C)
@@ -295,10 +306,11 @@ class MergeJob:
             src.read_into(name, start, stop, raw[i])
         return raw
 
-    def stored_rows(self, name: str, start: int, stop: int) -> torch.Tensor | None:
+    def stored_rows(self, name: str, start: int, stop: int) -> fused.Stored | None:
         """The chunk for the compiled one-pass kernels (:func:`.fused.linear`): ``(n + 1, C)``, the
-        base in row 0 — bf16 as stored when every input is bf16, else float32. Unchecked (see
-        :meth:`check_rows`). None when the compiled kernels are off or the device is not the CPU."""
+        base in row 0 — as stored (:meth:`_read_raw`) when every input is bf16 or every one
+        float32, else float32. Unchecked (see :meth:`check_rows`). None when the compiled kernels
+        are off or the device is not the CPU."""
         if not fused.available(self.device):
             return None
         if self._raw is not None:
@@ -344,16 +356,23 @@ class MergeJob:
     def is_held(self, name: str) -> bool:
         return self._held is not None and self._held[0] == name
 
-    def read_raw(self, name: str, start: int, stop: int) -> torch.Tensor | None:
-        """The chunk as stored, (n + 1, C) bf16 with the base in row 0 — when the inputs are bf16
-        on CPU, the tensor is not held in memory, and its values were found finite; else None."""
+    def read_raw(self, name: str, start: int, stop: int) -> fused.Stored | None:
+        """The chunk as stored (:meth:`_read_raw`), the base in row 0 — when the inputs are all
+        bf16 or all float32 on CPU, the tensor is not held in memory, and its values were found
+        finite; else None."""
         if self._raw is None or name not in self._verified or self.is_held(name):
             return None
         return self._read_raw(name, start, stop)
 
     @property
-    def raw_bf16(self) -> bool:
+    def raw_stored(self) -> bool:
+        """Whether chunks can be read as stored (:meth:`_read_raw`): every input bf16 or every
+        one float32, on CPU with the compiled kernels."""
         return self._raw is not None
+
+    @property
+    def raw_bf16(self) -> bool:
+        return self._raw is not None and self._raw.dtype == torch.bfloat16
 
     def verified(self, name: str) -> None:
         """Every value of ``name`` in every input was found finite."""

@@ -10,9 +10,10 @@ pass each, split into column blocks over the threads torch uses:
 * :func:`merge` — trim, sign election by mass, disjoint merge, ``base + λ·merged``, and the flags
   of the columns the deferred cut sets aside (see ``methods.DEFER``).
 
-For bf16 checkpoints :func:`histogram_bf16` and :func:`merge_bf16` take the chunk as stored (the
-base in row 0) and widen it to float32 inside the kernel, a tile at a time, so the float32 task
-vectors are never written out; :func:`bf16_delta` does the widening alone for the other methods.
+For bf16 and float32 checkpoints :func:`histogram_stored` and :func:`merge_stored` take the chunk
+as stored (the base in row 0) — the inputs' own mapped rows where the engine has them — and form
+the float32 task vectors inside the kernel, a tile at a time, so they are never written out;
+:func:`stored_delta` writes them out for the other methods (one pass, no copy of the inputs).
 Loops index slices from 0 (``row = D[i, lo:hi]``; ``row[j]``): numba then knows no index is
 negative and vectorizes them (indexing ``D[i, j]`` with ``j`` from ``range(lo, hi)`` ran 1.5-4 ×
 slower).
@@ -74,15 +75,16 @@ def _threads() -> int:
 
 
 Stored = "torch.Tensor | tuple[torch.Tensor, ...]"  # a chunk as stored: (n + 1, C), or n + 1 rows
+STORED = {torch.bfloat16: np.uint16, torch.float32: np.uint32}  # what the kernels read as stored
 
 
-def _u16(raw) -> np.ndarray | tuple[np.ndarray, ...]:
-    """A bf16 chunk as stored, as the kernels read it (uint16): one (n + 1, C) array, or — where the
-    engine hands the inputs' own memory, the rows of their mapped files — a tuple of n + 1 rows
-    (numba compiles the kernels once per row count; they read either the same way)."""
-    if isinstance(raw, tuple):
-        return tuple(r.view(torch.int16).numpy().view(np.uint16) for r in raw)
-    return raw.view(torch.int16).numpy().view(np.uint16)
+def _stored(raw) -> np.ndarray | tuple[np.ndarray, ...]:
+    """A chunk as stored (bf16 or float32, the base in row 0), as the kernels read it (the bits:
+    uint16 or uint32): one (n + 1, C) array, or — where the engine hands the inputs' own memory,
+    the rows of their mapped files — a tuple of n + 1 rows (numba compiles the kernels once per
+    row count and dtype; they read either the same way)."""
+    bits = lambda t: t.view(torch.int16 if t.dtype == torch.bfloat16 else torch.int32).numpy().view(STORED[t.dtype])
+    return tuple(bits(r) for r in raw) if isinstance(raw, tuple) else bits(raw)
 
 
 def histogram(D: torch.Tensor, hist: np.ndarray, low_bits: bool, times: int = 1) -> None:
@@ -93,21 +95,36 @@ def histogram(D: torch.Tensor, hist: np.ndarray, low_bits: bool, times: int = 1)
     _k()._histogram(bits, hist, hist.shape[0], low_bits, times)
 
 
-def histogram_bf16(raw: Stored, hist: np.ndarray, low_bits: bool, times: int = 1) -> bool:
-    """:func:`histogram` of the task vectors of ``raw`` (n + 1, C) bf16 (see :func:`_u16`) — rows 1… minus row 0,
-    in float32 — without writing them out. False when some input is not finite (inf or NaN):
-    the caller then reads the chunk the ordinary way, whose check names the input."""
-    bad = np.zeros(hist.shape[0], np.bool_)
-    _k()._histogram_bf16(_u16(raw), hist, low_bits, times, bad)
-    return not bad.any()
+HI_KEYS, NONFINITE = 1 << 15, 0x7F80  # pass 1's keys: top 16 bits of |x|; from 0x7F80, inf and NaN
 
 
-def bf16_delta(raw: Stored, base: torch.Tensor, D: torch.Tensor, at: int = 0) -> bool:
-    """Rows 1… of ``raw`` (n + 1, C) bf16 minus its row 0, as float32, into ``D[:, at:at + C]``
+def histogram_stored(raw: Stored, hist: np.ndarray, low_bits: bool, times: int = 1,
+                     window: tuple[np.ndarray, np.ndarray] | None = None) -> bool:
+    """:func:`histogram` of the task vectors of ``raw`` (n + 1, C) as stored (see :func:`_stored`)
+    — rows 1… minus row 0, in float32 — without writing them out. ``window = (lo, fine)``: also
+    count, per model ``i``, the low 16 bits of its entries in bins ``lo[i] … lo[i] + W − 1`` into
+    ``fine`` (blocks, n, W, 65,536) int64 — pass 2 of the radix select for a bin guessed in advance.
+    False when some input is not finite (inf or NaN): the caller then reads the chunk the
+    ordinary way, whose check names the input."""
+    # an inf or NaN difference (from a non-finite input, or an overflow, which the caller's check
+    # lets pass) lands in the bins of exponent 255: counted before and after, not per entry
+    top = np.s_[..., NONFINITE:HI_KEYS]
+    before = hist[top].sum() + (hist[..., HI_KEYS + NONFINITE:].sum() if low_bits else 0)
+    if window is None:
+        _k()._histogram_stored(_stored(raw), hist, low_bits, times)
+    elif low_bits:
+        raise ValueError("histogram_stored: a window counts float32 keys, not low-bits keys")
+    else:
+        _k()._histogram_window(_stored(raw), hist, times, *window)
+    return hist[top].sum() + (hist[..., HI_KEYS + NONFINITE:].sum() if low_bits else 0) == before
+
+
+def stored_delta(raw: Stored, base: torch.Tensor, D: torch.Tensor, at: int = 0) -> bool:
+    """Rows 1… of ``raw`` (n + 1, C) as stored minus its row 0, as float32, into ``D[:, at:at + C]``
     (``D`` C-contiguous); row 0 as float32 into ``base[at:at + C]``: what converting to float32
     and subtracting gives, in one pass. False when some input is not finite (inf or NaN)."""
     bad = np.zeros(_threads(), np.bool_)
-    _k()._bf16_delta(_u16(raw), base.numpy(), D.numpy(), at, bad)
+    _k()._delta_stored(_stored(raw), base.numpy(), D.numpy(), at, bad)
     return not bad.any()
 
 
@@ -130,17 +147,18 @@ def merge(D: torch.Tensor, base: torch.Tensor, thr, tie, left, low, zero_positiv
     return used
 
 
-def merge_bf16(raw: Stored, thr, tie, left, low, zero_positive: bool, disjoint: str, lam: float,
-               out: torch.Tensor, flags: torch.Tensor, blocks: int | None = None) -> np.ndarray:
-    """:func:`merge` of the task vectors of ``raw`` (n + 1, C) bf16 (see :func:`_u16`; rows 1… minus
-    row 0, in float32) onto row 0, without writing them out. Every ``left[i]`` must be 0 or at least C."""
-    C = raw[0].numel()
-    if any(0 < x < C for x in left):
-        raise ValueError("merge_bf16: the ties to keep could run out inside this chunk; use merge()")
+def merge_stored(raw: Stored, thr, tie, left, low, zero_positive: bool, disjoint: str, lam: float,
+                 out: torch.Tensor, flags: torch.Tensor, blocks: int | None = None) -> np.ndarray | None:
+    """:func:`merge` of the task vectors of ``raw`` (n + 1, C) as stored (see :func:`_stored`; rows 1…
+    minus row 0, in float32) onto row 0, without writing them out. The column blocks work in
+    parallel, each as if it could keep ``left[i]`` ties: right whenever the chunk holds no more
+    ties than are left to keep (the tie value of a global cut is met a few dozen times in a
+    model) — otherwise None, and the caller merges the chunk with :func:`merge`, which counts
+    each block's ties first."""
     used = np.zeros(len(raw) - 1, np.int64)
-    _k()._merge_bf16(_u16(raw), thr, tie, left, low, zero_positive,
-                DISJOINT[disjoint], np.float32(lam), out.numpy(), flags.numpy(), used, blocks or _threads())
-    return used
+    _k()._merge_stored(_stored(raw), thr, tie, left, low, zero_positive,
+                       DISJOINT[disjoint], np.float32(lam), out.numpy(), flags.numpy(), used, blocks or _threads())
+    return None if (used > np.asarray(left)).any() else used
 
 
 LINEAR = {"task_arithmetic": 0, "average": 1}
@@ -149,14 +167,14 @@ LINEAR = {"task_arithmetic": 0, "average": 1}
 def linear(rows: Stored, kind: str, w: np.ndarray, lam: float, divisor: float, out: torch.Tensor) -> bool:
     """Task arithmetic (``b + λ Σ_i w_i (x_i − b)``) or a weighted average (``Σ_i w_i x_i / divisor``)
     of one chunk in one pass: ``rows`` (n + 1, C), the base in row 0, float32 — or bf16 as stored,
-    widened inside the kernel. The float32 operations and their order are those of the torch path
+    widened inside the kernel, or a tuple of rows (see :func:`_stored`). The float32 operations and their order are those of the torch path
     (``rowsum`` of the weighted differences, then ``b + λ·``), so the results are equal bit for bit.
     Returns False when some output or input may not be finite (the caller then checks the chunk
     the ordinary way, which names the input, or accepts an overflow of finite inputs)."""
     bad = np.zeros(_threads(), np.bool_)
     args = (w.astype(np.float32), np.float32(lam), LINEAR[kind], np.float32(divisor), out.numpy(), bad, len(bad))
     if isinstance(rows, tuple) or rows.dtype == torch.bfloat16:
-        _k()._linear_bf16(_u16(rows), *args)
+        _k()._linear_stored(_stored(rows), *args)
     else:
         _k()._linear(rows.numpy(), *args)
     return not bad.any()

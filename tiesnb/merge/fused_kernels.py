@@ -6,18 +6,25 @@ import numpy as np
 from numba import njit, prange
 
 TILE = 1024  # merge: columns a thread works on at a time; (n, TILE) float32 stays in the L1/L2 cache
-BF16_TILE = 4096  # bf16 histogram: columns widened at a time
+BF16_TILE = 4096  # histogram of stored numbers: columns loaded at a time
 
 
 @njit(inline="always")
-def _widen(r, bits, w):  # pragma: no cover - compiled
-    """bf16 numbers ``r[:w]`` as the bit patterns of the float32 they equal (a bf16 number is
-    the top half of its float32) into ``bits``; True when one is inf or NaN (exponent all 1s)."""
-    nonfinite = False
+def _load(r, bits, w):  # pragma: no cover - compiled
+    """Stored numbers ``r[:w]`` (the bits of bf16 or float32 numbers) as the bits of the float32
+    they equal, into ``bits`` (a bf16 number is the top half of its float32)."""
+    shift = np.uint32(16 if r.itemsize == 2 else 0)  # one loop: a branch around two cost 7 %
     for k in range(w):
-        bits[k] = np.uint32(r[k]) << np.uint32(16)
-        nonfinite |= (r[k] & 0x7F80) == 0x7F80
-    return nonfinite
+        bits[k] = np.uint32(r[k]) << shift
+
+
+@njit(inline="always")
+def _nonfinite(bits, w):  # pragma: no cover - compiled
+    """Whether one of the float32 numbers ``bits[:w]`` is inf or NaN (exponent all 1s)."""
+    e = np.uint32(0)
+    for k in range(w):
+        e = max(e, bits[k] & np.uint32(0x7F800000))
+    return e == np.uint32(0x7F800000)
 
 
 @njit(inline="always")
@@ -44,7 +51,7 @@ def _histogram(bits, hist, blocks, low_bits, times):  # pragma: no cover - compi
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _histogram_bf16(raw, hist, low_bits, times, bad):  # pragma: no cover - compiled
+def _histogram_stored(raw, hist, low_bits, times):  # pragma: no cover - compiled
     n, C = len(raw) - 1, raw[0].shape[0]
     blocks = hist.shape[0]
     for b in prange(blocks):
@@ -52,14 +59,13 @@ def _histogram_bf16(raw, hist, low_bits, times, bad):  # pragma: no cover - comp
         bits = np.empty(BF16_TILE, np.uint32)
         f = bits.view(np.float32)
         fb = np.empty(BF16_TILE, np.float32)
-        nonfinite = False
         for t0 in range(lo, hi, BF16_TILE):
             w = min(BF16_TILE, hi - t0)
-            nonfinite |= _widen(raw[0][t0:t0 + w], bits, w)
+            _load(raw[0][t0:t0 + w], bits, w)
             for k in range(w):
                 fb[k] = f[k]
             for i in range(n):
-                nonfinite |= _widen(raw[i + 1][t0:t0 + w], bits, w)
+                _load(raw[i + 1][t0:t0 + w], bits, w)
                 for k in range(w):
                     f[k] = f[k] - fb[k]
                 h = hist[b, i]
@@ -69,11 +75,45 @@ def _histogram_bf16(raw, hist, low_bits, times, bad):  # pragma: no cover - comp
                     if low_bits and (x & np.uint32(0xFFFF)) != 0:
                         key |= np.uint32(0x8000)
                     h[key] += times
-        bad[b] = nonfinite
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _bf16_delta(raw, base, D, at, bad):  # pragma: no cover - compiled
+def _histogram_window(raw, hist, times, first, fine):  # pragma: no cover - compiled
+    """:func:`_histogram_stored` without low-bits keys, also counting the low 16 bits of model
+    i's entries in bins ``first[i] … first[i] + W - 1`` into ``fine[b, i]`` (W, 65,536), in the
+    same loop (a second loop over the tile doubled the kernel's time; this adds ~20 %; a kernel of
+    its own, as a branch in the other slowed it by 10 %)."""
+    n, C = len(raw) - 1, raw[0].shape[0]
+    blocks = hist.shape[0]
+    W = np.uint32(fine.shape[2])
+    for b in prange(blocks):
+        lo, hi = b * C // blocks, (b + 1) * C // blocks
+        bits = np.empty(BF16_TILE, np.uint32)
+        f = bits.view(np.float32)
+        fb = np.empty(BF16_TILE, np.float32)
+        for t0 in range(lo, hi, BF16_TILE):
+            w = min(BF16_TILE, hi - t0)
+            _load(raw[0][t0:t0 + w], bits, w)
+            for k in range(w):
+                fb[k] = f[k]
+            for i in range(n):
+                _load(raw[i + 1][t0:t0 + w], bits, w)
+                for k in range(w):
+                    f[k] = f[k] - fb[k]
+                h = hist[b, i]
+                fi = fine[b, i].reshape(-1)
+                start = np.uint32(first[i])
+                for k in range(w):
+                    x = bits[k] & np.uint32(0x7FFFFFFF)
+                    key = x >> np.uint32(16)
+                    t = key - start  # below `start`: wraps to a large number
+                    if t < W:
+                        fi[(t << np.uint32(16)) | (x & np.uint32(0xFFFF))] += times
+                    h[key] += times
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _delta_stored(raw, base, D, at, bad):  # pragma: no cover - compiled
     n, C = len(raw) - 1, raw[0].shape[0]
     blocks = bad.shape[0]
     for b in prange(blocks):
@@ -82,11 +122,13 @@ def _bf16_delta(raw, base, D, at, bad):  # pragma: no cover - compiled
         bits = np.empty(w, np.uint32)
         f = bits.view(np.float32)
         fb = base[at + lo:at + hi]  # slices, indexed from 0: the loops then vectorize
-        nonfinite = _widen(raw[0][lo:hi], bits, w)
+        _load(raw[0][lo:hi], bits, w)
+        nonfinite = _nonfinite(bits, w)
         for k in range(w):
             fb[k] = f[k]
         for i in range(n):
-            nonfinite |= _widen(raw[i + 1][lo:hi], bits, w)
+            _load(raw[i + 1][lo:hi], bits, w)
+            nonfinite |= _nonfinite(bits, w)
             Di = D[i, at + lo:at + hi]
             for k in range(w):
                 Di[k] = f[k] - fb[k]
@@ -116,15 +158,24 @@ def _merge_tile(D, t0, w, bt, thr, tie, rem, low, zero_positive, disjoint, lam, 
                 Ti[j] = x if (a > th) | (a == tv) else zero
                 c += a == tv
             rem[i] -= c
+        elif rem[i] > 0:  # the last ties to keep may fall in this tile: kept in flat order
+            c = 0
+            for j in range(w):
+                x = row[j]
+                a = abs(x)
+                Ti[j] = x if a > th else zero
+                c += a == tv
+            if c:  # (a tie is never above the threshold: tv == th where ties are kept)
+                r = rem[i]
+                for j in range(w):
+                    if r > 0 and abs(row[j]) == tv:
+                        Ti[j] = row[j]
+                        r -= 1
+                rem[i] = r
         else:
             for j in range(w):
                 x = row[j]
                 Ti[j] = x if abs(x) > th else zero
-            if rem[i] > 0:  # the last ties to keep fall in this tile, in flat order
-                for j in range(w):
-                    if rem[i] > 0 and Ti[j] == zero and abs(row[j]) == tv:
-                        Ti[j] = row[j]
-                        rem[i] -= 1
         if low[i] >= 0:  # not kept, though in the undecided bin (low > 0, so x != 0)
             lw = low[i]
             for j in range(w):
@@ -192,8 +243,8 @@ def _merge(D, base, thr, tie, left, low, zero_positive, disjoint, lam, out, flag
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _merge_bf16(raw, thr, tie, left, low, zero_positive, disjoint, lam, out, flags, used, blocks):  # pragma: no cover
-    # `left[i]` is 0 or at least the chunk's width: no block can exhaust the ties
+def _merge_stored(raw, thr, tie, left, low, zero_positive, disjoint, lam, out, flags, used, blocks):  # pragma: no cover
+    # every block may keep `left[i]` ties: the caller checks that they did not take more in all
     n, C = len(raw) - 1, raw[0].shape[0]
     rest = np.empty((blocks, n), np.int64)
     for b in prange(blocks):
@@ -206,11 +257,11 @@ def _merge_bf16(raw, thr, tie, left, low, zero_positive, disjoint, lam, out, fla
         T, S, num, cnt, fl = _tile_buffers(n)
         for t0 in range(lo, hi, TILE):
             w = min(TILE, hi - t0)
-            _widen(raw[0][t0:t0 + w], bits, w)
+            _load(raw[0][t0:t0 + w], bits, w)
             for k in range(w):
                 bt[k] = f[k]
             for i in range(n):
-                _widen(raw[i + 1][t0:t0 + w], bits, w)
+                _load(raw[i + 1][t0:t0 + w], bits, w)
                 di = Dt[i]
                 for k in range(w):
                     di[k] = f[k] - bt[k]
@@ -278,7 +329,7 @@ def _linear(X, w, lam, mode, inv, out, bad, blocks):  # pragma: no cover - compi
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _linear_bf16(raw, w, lam, mode, inv, out, bad, blocks):  # pragma: no cover - compiled
+def _linear_stored(raw, w, lam, mode, inv, out, bad, blocks):  # pragma: no cover - compiled
     n, C = len(raw) - 1, raw[0].shape[0]
     for b in prange(blocks):
         lo, hi = b * C // blocks, (b + 1) * C // blocks
@@ -289,11 +340,13 @@ def _linear_bf16(raw, w, lam, mode, inv, out, bad, blocks):  # pragma: no cover 
         nonfinite = False
         for t0 in range(lo, hi, TILE):
             m = min(TILE, hi - t0)
-            nonfinite |= _widen(raw[0][t0:t0 + m], bits, m)
+            _load(raw[0][t0:t0 + m], bits, m)
+            nonfinite |= _nonfinite(bits, m)
             for k in range(m):
                 bt[k] = f[k]
             for i in range(n):
-                nonfinite |= _widen(raw[i + 1][t0:t0 + m], bits, m)
+                _load(raw[i + 1][t0:t0 + m], bits, m)
+                nonfinite |= _nonfinite(bits, m)
                 ri = rows[i]
                 for k in range(m):
                     ri[k] = f[k]

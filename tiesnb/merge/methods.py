@@ -24,7 +24,7 @@ from . import fused
 from . import kernels as K
 from .engine import VIEW_DTYPES, MergeJob
 from .registry import Method, Param, register
-from .select import Cut, TopK, cut_of_rank, float_of_bits, top_count
+from .select import LO_BINS, Cut, TopK, bin_of_rank, cut_of_rank, float_of_bits, top_count
 
 
 def _weights(job: MergeJob, p: dict, name: str = "weights") -> torch.Tensor | None:
@@ -241,6 +241,9 @@ MERGE_CHUNK = None  # None: the job's chunk
 # compiled call; the histogram passes of the streaming select cost ~4 ms of fixed work per tensor
 # (allocating, summing and scanning 65,536-key histograms per model), 5 s over a 1,300-tensor model.
 COMPILED_CUTS = True
+# the guess of each cut's bin (SparseMerge._guess_window): runs of GUESS_SPAN entries, one every
+# GUESS_SAMPLE runs of each tensor (0: no guess); GUESS_WIDTH bins counted around the guessed one
+GUESS_SAMPLE, GUESS_SPAN, GUESS_WIDTH = 32, 8192, 3
 
 
 def _partial_ties(cut: Cut) -> int:
@@ -279,9 +282,20 @@ class _Scope:
 
     def add(self, name: str, idx: torch.Tensor, start: int, D: torch.Tensor, base: torch.Tensor,
             given: torch.Tensor | None) -> None:
+        self._append(name, idx, start, D[:, idx], base[idx], given)
+
+    def add_stored(self, name: str, idx: torch.Tensor, start: int, raw) -> None:
+        """:meth:`add` from a chunk as stored (rows, the base first; see :meth:`.MergeJob.read_raw`):
+        the task vectors of the set-aside columns formed as the kernels form them (widened to
+        float32, then subtracted)."""
+        R = torch.stack([r[idx] for r in raw]).float()
+        self._append(name, idx, start, R[1:].sub_(R[0]), R[0], None)
+
+    def _append(self, name: str, idx: torch.Tensor, start: int, vals: torch.Tensor, base: torch.Tensor,
+                given: torch.Tensor | None) -> None:
         a, b = self.size, self.size + idx.numel()
-        self.vals[:, a:b] = D[:, idx]
-        self.base[a:b] = base[idx]
+        self.vals[:, a:b] = vals
+        self.base[a:b] = base
         self.pos[a:b] = (idx + start).cpu()
         if self.signs is not None:
             self.signs[a:b] = given[idx]
@@ -437,16 +451,18 @@ class _Trimmer:
             return None
         return torch.nonzero(flags).flatten()
 
-    def raw_ok(self, width: int) -> bool:
-        """Whether a chunk of ``width`` columns can be merged from its stored bf16 numbers
-        (:func:`.fused.merge_bf16`): nothing to set aside, and no model's ties run out in it."""
-        return all(low is None for low in self.low) and all(
-            c.inclusive or not (0 < left[0] < width) for cs, left in zip(self.cuts, self.extra_left) for c in cs[:1])
-
-    def fused_merge_raw(self, raw: torch.Tensor, out: torch.Tensor, flags: torch.Tensor,
-                        zero_positive: bool, disjoint: str, lam: float) -> None:
+    def fused_merge_raw(self, raw, out: torch.Tensor, flags: torch.Tensor,
+                        zero_positive: bool, disjoint: str, lam: float) -> tuple[bool, torch.Tensor | None]:
+        """:meth:`fused_merge` of a chunk as stored (:meth:`.MergeJob.read_raw`): whether it could
+        (not when some model's ties to keep run out in the chunk), and the set-aside columns."""
         thr, tie, left, low = self._fused_args()
-        self._used(fused.merge_bf16(raw, thr, tie, left, low, zero_positive, disjoint, lam, out, flags))
+        used = fused.merge_stored(raw, thr, tie, left, low, zero_positive, disjoint, lam, out, flags)
+        if used is None:
+            return False, None
+        self._used(used)
+        if self.scope is None or (low < 0).all():
+            return True, None
+        return True, torch.nonzero(flags).flatten()
 
     def uncertain(self, D: torch.Tensor, T: torch.Tensor) -> torch.Tensor | None:
         """Column indices of the chunk holding an entry in some model's undecided bin."""
@@ -487,14 +503,19 @@ class SparseMerge:
         if stage == 1 and fused.available(job.device):  # one compiled pass, every model's counts at once
             H = np.zeros((fused.blocks(), job.n, sel[0][0].keys()), np.int64)
             total = 0
-            if job.raw_bf16 and not any(job.is_held(n) for n in names):  # from the stored bf16 numbers
+            if job.raw_stored and not any(job.is_held(n) for n in names):  # from the numbers as stored
+                window = self._guess_window(job, sel, names)
                 for name, start, stop, raw in job.raw_chunks(desc, names):
                     times = mult.get(name, 1)
-                    if not fused.histogram_bf16(raw, H, True, times):
+                    if not fused.histogram_stored(raw, H, job.bf16_inputs, times, window):
                         job.read_chunk(name, start, stop)  # raises: its check names the input
                     total += (stop - start) * times
                 for name in names:
                     job.verified(name)
+                if window is not None:
+                    fine = window[1].sum(0)
+                    for i, row in enumerate(sel):
+                        row[0].add_window(int(window[0][i]), fine[i])
             else:
                 for name, _, _, _, D in job.chunks(desc, names):
                     times = mult.get(name, 1)
@@ -517,6 +538,41 @@ class SparseMerge:
             for s in row:
                 if s.stage == stage:
                     s.advance()
+
+    @staticmethod
+    def _guess_window(job: MergeJob, sel: list[list[TopK]], names: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
+        """Where pass 1 can also do pass 2: per model, the bins likely to hold its cut, guessed
+        from a sample (:data:`GUESS_SAMPLE`), and an array for pass 1 to count their entries' low
+        16 bits in (see :func:`.fused.histogram_stored`). A right guess makes the cut exact after
+        one pass: no second pass over the inputs, no columns set aside and patched afterwards
+        (global TIES, 7 × 1 GB fp32: X → Y s). A wrong one costs nothing but the sample.
+        None where it does not apply: bf16 inputs (their cuts are mostly exact after pass 1
+        anyway), band trims, or a cut that needs no bin."""
+        if job.bf16_inputs or any(len(row) != 1 for row in sel) or not GUESS_SAMPLE:
+            return None
+        span = min(GUESS_SPAN, job.chunk)
+        stride = span * GUESS_SAMPLE
+        H = np.zeros((fused.blocks(), job.n, sel[0][0].keys()), np.int64)
+        total = sampled = 0
+        for name in names:
+            numel, times = job.specs[name].numel, job.multiplicity.get(name, 1)
+            ranges = [(a, min(numel, a + span)) for a in range(0, numel, stride)]
+            # each tensor weighs as much in the sample as in the model (a short one is read whole)
+            weight = times * max(1, round(numel / sum(b - a for a, b in ranges)))
+            for a, b in ranges:
+                fused.histogram_stored(job.stored_chunk(name, a, b), H, False, weight)  # pass 1 checks
+                sampled += (b - a) * weight
+            total += numel * times
+        counts = H.sum(0)
+        first = np.full(job.n, -1, np.int64)
+        for i, row in enumerate(sel):
+            K = row[0].K
+            if 0 < K < total:
+                b, _ = bin_of_rank(counts[i], max(1, round(K * sampled / total)))
+                first[i] = max(0, b - GUESS_WIDTH // 2)
+        if (first < 0).all():
+            return None
+        return first, np.zeros((fused.blocks(), job.n, GUESS_WIDTH, LO_BINS), np.int64)
 
     def select(self, job: MergeJob, p: dict, names: list[str], desc: str | None) -> list[list[TopK]]:
         """Per model, the radix selection(s) of its top-K over ``names`` (all merged parameters
@@ -690,11 +746,14 @@ class SparseMerge:
                 C = stop - start
                 out, flags = job.scratch("merged", (C,)), job.scratch("flags", (C,), torch.uint8)
                 args = (p["zero_sign"] == "positive", _fused_disjoint(p), p["lam"])
-                raw = job.read_raw(name, start, stop) if trim.raw_ok(C) else None
-                if raw is not None:  # bf16 inputs: merged from the stored numbers
-                    trim.fused_merge_raw(raw, out, flags, *args)
-                    yield out
-                    continue
+                raw = job.read_raw(name, start, stop)
+                if raw is not None:  # merged from the numbers as stored
+                    done, idx = trim.fused_merge_raw(raw, out, flags, *args)
+                    if idx is not None and idx.numel():
+                        scope.add_stored(name, idx, start, raw)
+                    if done:
+                        yield out
+                        continue
                 base, D = job.read_chunk(name, start, stop)
                 idx = trim.fused_merge(job.contiguous(D), base, out, flags, *args)
                 if idx is not None and idx.numel():

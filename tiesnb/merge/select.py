@@ -67,7 +67,7 @@ def top_count(k: float, d: int, rule: str) -> int:
     return min(max(K, 0), d)
 
 
-def _bin_of_rank(hist: np.ndarray, K: int) -> tuple[int, int]:
+def bin_of_rank(hist: np.ndarray, K: int) -> tuple[int, int]:
     """The bin holding the K-th largest entry (1-based) of a histogram ordered by value, and how
     many entries lie in higher bins."""
     below = np.cumsum(hist)  # entries in bins <= b
@@ -99,6 +99,7 @@ class TopK:
         self.nonzero_low = torch.zeros(HI_BINS, dtype=torch.int64, device=device) if low_bits else None
         self.bin = -1
         self._cut: Cut | None = None
+        self.window: tuple[int, np.ndarray] | None = None  # see add_window
 
     def add(self, a: torch.Tensor, times: int = 1) -> None:
         bits = a.reshape(-1).view(torch.int32)
@@ -140,6 +141,12 @@ class TopK:
         self.total += total
         self._add_keys(h.to(self.hist.device))
 
+    def add_window(self, first: int, counts: np.ndarray) -> None:
+        """Pass 2's counts made during pass 1 for a guess of the bin holding the cut: ``counts``
+        (W, 65,536), the low 16 bits of every entry in bins ``first … first + W − 1``. When the
+        bin turns out to be one of them, :meth:`advance` finds the cut without pass 2."""
+        self.window = (first, counts)
+
     def advance(self) -> bool:
         """Close a pass; True when another pass over the same data is needed."""
         if self.stage == 1:
@@ -150,7 +157,7 @@ class TopK:
                 self._cut = Cut.everything(total)
             else:
                 hist = self.hist.cpu().numpy()
-                b, self.greater = _bin_of_rank(hist, K)
+                b, self.greater = bin_of_rank(hist, K)
                 self.bin = b
                 if self.greater + int(hist[b]) == K:  # the whole bin is kept: its floor is the cut
                     self._cut = Cut(float_of_bits(b << 16), True, 0, K)
@@ -159,6 +166,8 @@ class TopK:
                     # must give: all of them are kept, and the cut is the floor value itself, exactly
                     odd = int(self.nonzero_low[b])
                     self._cut = self._cut_at(float_of_bits(b << 16), self.greater + odd, int(hist[b]) - odd)
+                elif self.window is not None and 0 <= b - self.window[0] < len(self.window[1]):
+                    self._cut_in_bin(self.window[1][b - self.window[0]])  # guessed right: no pass 2
                 else:
                     self.hist2 = torch.zeros(LO_BINS, dtype=torch.int64, device=self.hist.device)
                     self.stage = 2
@@ -166,13 +175,15 @@ class TopK:
             self.stage = 3
             return False
         if self.stage == 2:
-            hist2 = self.hist2.cpu().numpy()
-            v, greater_in_bin = _bin_of_rank(hist2, self.K - self.greater)
-            greater = self.greater + greater_in_bin
-            self._cut = self._cut_at(float_of_bits((self.bin << 16) | v), greater, int(hist2[v]))
+            self._cut_in_bin(self.hist2.cpu().numpy())
             self.stage = 3
             return False
         return False
+
+    def _cut_in_bin(self, hist2: np.ndarray) -> None:
+        """The cut from the counts of the low 16 bits of the entries in the bin holding it."""
+        v, greater_in_bin = bin_of_rank(hist2, self.K - self.greater)
+        self._cut = self._cut_at(float_of_bits((self.bin << 16) | v), self.greater + greater_in_bin, int(hist2[v]))
 
     def _cut_at(self, value: float, greater: int, equal: int) -> Cut:
         """The cut at ``value``, with ``greater`` entries above it and ``equal`` entries at it."""
