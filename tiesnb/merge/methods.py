@@ -545,7 +545,8 @@ class SparseMerge:
         from a sample (:data:`GUESS_SAMPLE`), and an array for pass 1 to count their entries' low
         16 bits in (see :func:`.fused.histogram_stored`). A right guess makes the cut exact after
         one pass: no second pass over the inputs, no columns set aside and patched afterwards
-        (global TIES, 7 × 1 GB fp32: X → Y s). A wrong one costs nothing but the sample.
+        (global TIES, 7 × 1 GB fp32: those took ≈ 1.2 s of 7; the sample ≈ 0.1 s, the window
+        counts ≈ 0.2 s). A wrong guess costs the sample and the counts, nothing else.
         None where it does not apply: bf16 inputs (their cuts are mostly exact after pass 1
         anyway), band trims, or a cut that needs no bin."""
         if job.bf16_inputs or any(len(row) != 1 for row in sel) or not GUESS_SAMPLE:

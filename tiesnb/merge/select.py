@@ -11,6 +11,8 @@ non-negative floats order like the values:
 2. pass 2 counts the low 16 bits of the entries in that bin (65 536 bins) and finds the value.
 
 Memory is two histograms per model whatever the model size; each pass reads the data once.
+Where the bin can be guessed beforehand (from a sample), pass 1 also counts the low bits of a few
+bins around the guess (:meth:`TopK.add_window`): guessed right, pass 2 is not needed.
 """
 
 from __future__ import annotations
