@@ -82,12 +82,17 @@ def _bf16(seed, n=4):
     return base, models
 
 
+@pytest.mark.parametrize("rows", ["copied", "views"])
 @pytest.mark.parametrize("inputs", ["fp32", "bf16"])
 @pytest.mark.parametrize("params", [
     {}, {"k": 0.05}, {"trim": "per_tensor"}, {"preset": "peft"}, {"disjoint": "sum", "zero_sign": "positive"},
     {"disjoint": "mean_all", "ties": "keep", "count": "original"}, {"k": 1.0},
 ])
-def test_merges_equal_with_and_without_the_compiled_kernels(monkeypatch, inputs, params):
+def test_merges_equal_with_and_without_the_compiled_kernels(monkeypatch, inputs, params, rows):
+    from tiesnb.merge import engine
+
+    # "views": the kernels read the in-memory tensors themselves, as they read big files' maps
+    monkeypatch.setattr(engine, "VIEW_ROWS_BYTES", 0 if rows == "views" else engine.VIEW_ROWS_BYTES)
     base, models = make_models(4, seed=5) if inputs == "fp32" else _bf16(6)
     for chunk in (97, 1 << 20):
         fast = merge("ties", base, models, chunk=chunk, **params)

@@ -32,7 +32,11 @@ from . import fused, options
 DEFAULT_CHUNK = 1 << 18  # elements per model per chunk: (n, chunk) float32 stays in the CPU cache
 VIEWS = True  # task vectors computed from the inputs' views where they give them (Source.view)
 VIEW_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # views of these widen to float32 exactly
-VIEW_ROWS = 33  # bf16 kernels read up to this many inputs' views directly (compiled once per count)
+VIEW_ROWS = 33  # the compiled kernels read up to this many inputs' views directly (compiled once per count)
+# ... for merges of at least this many input bytes: a kernel reading n + 1 views is compiled once
+# per input count (2 - 4 s each, paid once per machine), which a small merge never earns back —
+# it copies into one (n + 1, C) buffer instead (one compiled version for every count)
+VIEW_ROWS_BYTES = 1 << 30
 
 
 def _matches(name: str, patterns: Sequence[str]) -> bool:
@@ -126,6 +130,8 @@ class MergeJob:
         self.bf16_inputs = dtypes == {torch.bfloat16}
         # every input bf16, or every one float32: the compiled kernels read the chunks as stored
         stored = next(iter(dtypes)) if len(dtypes) == 1 and next(iter(dtypes)) in fused.STORED else None
+        self.rows_from_views = VIEWS and self.n + 1 <= VIEW_ROWS and stored is not None and \
+            (self.n + 1) * sum(self.base.spec(n).numel for n in self.merged) * stored.itemsize >= VIEW_ROWS_BYTES
         self._verified: set[str] = set()
         self._held: tuple[str, torch.Tensor, torch.Tensor] | None = None
         self._scratch: dict[str, torch.Tensor] = {}
@@ -242,9 +248,9 @@ class MergeJob:
         """Inputs that hand out their stored numbers (:meth:`.Source.view`): the task vectors
         ``x − b`` into ``X[:, at:at + C]`` straight from them, with no copy of the inputs (reading
         and subtracting 7 × 1 GB fp32: 1.3 → 0.7 s); returns the base — its view for float32
-        inputs, else widened into ``base[at:at + C]``. bf16 numbers are widened and subtracted in
-        one compiled pass (:func:`.fused.stored_delta`), other half-precision ones by a copy, then
-        subtracted: the float32 operations of the copying path. None where some input gives no
+        inputs, else widened into ``base[at:at + C]``. bf16 numbers (and float32 ones, once numba is
+        loaded anyway) are widened and subtracted in one compiled pass (:func:`.fused.stored_delta`),
+        fp16 ones by a copy, then subtracted: the float32 operations of the copying path. None where some input gives no
         view (or of another dtype than the base), or some value may not be finite: the copying
         path then checks the inputs themselves, naming the one at fault."""
         if not VIEWS:
@@ -254,7 +260,7 @@ class MergeJob:
             return None
         C = stop - start
         b = views[0]
-        if (len(views) <= VIEW_ROWS and fused.available(self.device)
+        if (self.rows_from_views and fused.available(self.device)
                 and (b.dtype == torch.bfloat16 or (b.dtype == torch.float32 and fused.loaded()))):
             # one compiled pass (float32: once numba's start-up is paid), which also sees a
             # non-finite input (an overflow of finite ones passes, as on the copying path)
@@ -296,7 +302,7 @@ class MergeJob:
         copies, bf16; 1.8 → 1.4 s float32 against views subtracted by torch), else copied into
         one (n + 1, C) buffer."""
         sources = [self.base, *self.models]
-        if VIEWS and len(sources) <= VIEW_ROWS:
+        if self.rows_from_views:
             views = tuple(src.view(name, start, stop) for src in sources)
             if all(v is not None and v.dtype == self._raw.dtype for v in views):
                 return views

@@ -28,6 +28,25 @@ def _nonfinite(bits, w):  # pragma: no cover - compiled
 
 
 @njit(inline="always")
+def _load_base(raw, t0, w, bits, fb):  # pragma: no cover - compiled
+    """The base's (row 0's) stored numbers over columns ``t0 … t0 + w`` as float32 into ``fb``."""
+    _load(raw[0][t0:t0 + w], bits, w)
+    f = bits.view(np.float32)
+    for k in range(w):
+        fb[k] = f[k]
+
+
+@njit(inline="always")
+def _load_delta(raw, i, t0, w, bits, fb):  # pragma: no cover - compiled
+    """Model ``i``'s task vector over columns ``t0 … t0 + w`` (its row i + 1 minus the base ``fb``,
+    in float32) as float32 bits into ``bits``."""
+    _load(raw[i + 1][t0:t0 + w], bits, w)
+    f = bits.view(np.float32)
+    for k in range(w):
+        f[k] = f[k] - fb[k]
+
+
+@njit(inline="always")
 def _tile_buffers(n):  # pragma: no cover - compiled
     """A thread's work buffers for :func:`_merge_tile`: trimmed rows, sign, sum, count, flags."""
     return (np.empty((n, TILE), np.float32), np.empty(TILE, np.float32), np.empty(TILE, np.float32),
@@ -57,17 +76,12 @@ def _histogram_stored(raw, hist, low_bits, times):  # pragma: no cover - compile
     for b in prange(blocks):
         lo, hi = b * C // blocks, (b + 1) * C // blocks
         bits = np.empty(BF16_TILE, np.uint32)
-        f = bits.view(np.float32)
         fb = np.empty(BF16_TILE, np.float32)
         for t0 in range(lo, hi, BF16_TILE):
             w = min(BF16_TILE, hi - t0)
-            _load(raw[0][t0:t0 + w], bits, w)
-            for k in range(w):
-                fb[k] = f[k]
+            _load_base(raw, t0, w, bits, fb)
             for i in range(n):
-                _load(raw[i + 1][t0:t0 + w], bits, w)
-                for k in range(w):
-                    f[k] = f[k] - fb[k]
+                _load_delta(raw, i, t0, w, bits, fb)
                 h = hist[b, i]
                 for k in range(w):
                     x = bits[k] & np.uint32(0x7FFFFFFF)
@@ -89,17 +103,12 @@ def _histogram_window(raw, hist, times, first, fine):  # pragma: no cover - comp
     for b in prange(blocks):
         lo, hi = b * C // blocks, (b + 1) * C // blocks
         bits = np.empty(BF16_TILE, np.uint32)
-        f = bits.view(np.float32)
         fb = np.empty(BF16_TILE, np.float32)
         for t0 in range(lo, hi, BF16_TILE):
             w = min(BF16_TILE, hi - t0)
-            _load(raw[0][t0:t0 + w], bits, w)
-            for k in range(w):
-                fb[k] = f[k]
+            _load_base(raw, t0, w, bits, fb)
             for i in range(n):
-                _load(raw[i + 1][t0:t0 + w], bits, w)
-                for k in range(w):
-                    f[k] = f[k] - fb[k]
+                _load_delta(raw, i, t0, w, bits, fb)
                 h = hist[b, i]
                 fi = fine[b, i].reshape(-1)
                 start = np.uint32(first[i])
