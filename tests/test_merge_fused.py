@@ -128,19 +128,23 @@ def test_histogram_from_stored_numbers_equals_the_float32_one(dtype, rows):
     assert not fused.stored_delta(tuple(raw) if rows else raw, base, out)
 
 
+@pytest.mark.parametrize("trim", ["global", "per_tensor"])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
-def test_bf16_non_finite_input_is_named(tmp_path, bad):
+def test_bf16_non_finite_input_is_named(monkeypatch, tmp_path, bad, trim):
     from tiesnb.checkpoints import save_state_dict
     from tiesnb.errors import TiesnbError
-    from tiesnb.merge import merge_checkpoints
+    from tiesnb.merge import engine, merge_checkpoints
 
+    # the kernels read the files' maps, as for big inputs (per-tensor: cuts from the stored rows)
+    monkeypatch.setattr(engine, "VIEW_ROWS_BYTES", 0)
     base, models = _bf16(7, n=3)
     models[2]["l1.w"][3, 4] = bad
     save_state_dict(base, tmp_path / "b")
     for i, m in enumerate(models):
         save_state_dict(m, tmp_path / f"m{i}")
     with pytest.raises(TiesnbError, match=r"non-finite values \(NaN or inf\) in 'l1.w' of model 2"):
-        merge_checkpoints("ties", tmp_path / "b", [tmp_path / f"m{i}" for i in range(3)], tmp_path / "o", progress=False)
+        merge_checkpoints("ties", tmp_path / "b", [tmp_path / f"m{i}" for i in range(3)], tmp_path / "o",
+                          {"trim": trim}, progress=False)
     assert not (tmp_path / "o").exists()
 
 
@@ -246,9 +250,12 @@ def test_linear_kernel_names_a_non_finite_input_and_lets_an_overflow_pass(monkey
     {"preset": "mergekit", "k": 0.05, "weights": [1.0, 2.0, 0.5, 1.0]}, {"preset": "peft", "k": 0.3},
     {"trim": "per_tensor", "k": [0.0, 1.0, 0.2, 0.5]},
 ])
-def test_compiled_per_tensor_cuts_equal_the_streaming_select(monkeypatch, dtype, params):
-    from tiesnb.merge import methods
+@pytest.mark.parametrize("rows", ["held", "stored"])
+def test_compiled_per_tensor_cuts_equal_the_streaming_select(monkeypatch, dtype, params, rows):
+    from tiesnb.merge import engine, methods
 
+    # "stored": cuts and merge from the inputs' own rows (tensor_cuts_stored, merge_stored_upto)
+    monkeypatch.setattr(engine, "VIEW_ROWS_BYTES", 0 if rows == "stored" else engine.VIEW_ROWS_BYTES)
     g = torch.Generator().manual_seed(11)
     base, models = make_models(4, seed=12)
     for m in models:  # deltas on a grid: many magnitudes equal the threshold
@@ -286,6 +293,46 @@ def test_tensor_cuts_equal_sorting(values, low_bits, width):
         mags = D[i].abs().sort(descending=True).values
         want = float(mags[K[i] - 1])
         assert (value, greater, equal) == (want, int((mags > want).sum()), int((mags == want).sum()))
+
+
+@pytest.mark.parametrize("rows", [False, True])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("width", [10_003, 777])
+def test_tensor_cuts_from_stored_numbers(dtype, width, rows):
+    """tensor_cuts_stored against tensor_cuts of the float32 task vectors, and its place of the
+    last kept tie against counting them in flat order; merge_stored_upto against the counting
+    merge kernel."""
+    g = torch.Generator().manual_seed(width)
+    base = (0.02 * torch.randn(width, generator=g)).to(dtype)
+    X = (base.float() + 2e-3 * torch.randint(-3, 4, (4, width), generator=g)).to(dtype)
+    raw = torch.cat([base[None], X])
+    D = X.float() - base.float()
+    stored = tuple(raw) if rows else raw
+    K = [1, width // 5, width * 7 // 9, width]
+    low_bits = dtype == torch.bfloat16
+    cuts, upto = fused.tensor_cuts_stored(stored, K, low_bits)
+    assert cuts == fused.tensor_cuts(D, K, low_bits)
+    for i, (value, greater, equal) in enumerate(cuts):
+        ties = torch.nonzero(D[i].abs() == value).flatten()
+        take = K[i] - greater
+        assert upto[i] == (int(ties[take - 1]) + 1 if take < equal else width)
+    assert any(u < width for u in upto)  # ties split at some cut
+    upto_kept = [u if u < width else 0 for u in upto]  # a cut keeping every tie: inclusive
+    thr_incl = np.array([np.nextafter(np.float32(v), np.float32(0)) if u == width else v
+                         for (v, _, _), u in zip(cuts, upto)], np.float32)
+    tie = np.array([v if u < width else 0 for (v, _, _), u in zip(cuts, upto)], np.float32)
+    left = np.array([K[i] - cuts[i][1] if upto[i] < width else 0 for i in range(4)], np.int64)
+    low = np.full(4, -1.0, np.float32)
+    out, flags, want, want_flags = (torch.empty(width), torch.empty(width, dtype=torch.uint8),
+                                    torch.empty(width), torch.empty(width, dtype=torch.uint8))
+    for blocks in (1, 2, 3):
+        fused.merge_stored_upto(stored, thr_incl, tie, upto_kept, low, False, "mean", 0.5, out, flags, blocks=blocks)
+        fused.merge(D, base.float(), thr_incl, tie, left, low, False, "mean", 0.5, want, want_flags, blocks=1)
+        assert torch.equal(out, want), blocks
+    raw[2, width // 2] = float("nan")
+    assert fused.tensor_cuts_stored(tuple(raw) if rows else raw, K, low_bits) is None
+    raw[2, width // 2] = float("-inf")
+    assert fused.tensor_cuts_stored(tuple(raw) if rows else raw, K, low_bits) is None
 
 
 def test_tensor_cuts_by_hand():

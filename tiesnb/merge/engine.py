@@ -312,6 +312,19 @@ class MergeJob:
             src.read_into(name, start, stop, raw[i])
         return raw
 
+    def stored_tensor(self, name: str) -> tuple[torch.Tensor, ...] | None:
+        """A whole tensor as stored, as the inputs' own mapped rows (base first), for the compiled
+        per-tensor trim (:func:`.fused.tensor_cuts_stored`) — where the chunks come from views
+        (:attr:`rows_from_views`) and the tensor is small enough to hold (``hold_bytes``: its
+        pages stay mapped in until the next tensor's are read). Unchecked; None otherwise."""
+        if (self._raw is None or not self.rows_from_views
+                or (self.n + 1) * self.specs[name].numel * 4 > self.hold_bytes):
+            return None
+        views = tuple(src.view(name, 0, self.specs[name].numel) for src in [self.base, *self.models])
+        if any(v is None or v.dtype != self._raw.dtype for v in views):
+            return None
+        return views
+
     def stored_rows(self, name: str, start: int, stop: int) -> fused.Stored | None:
         """The chunk for the compiled one-pass kernels (:func:`.fused.linear`): ``(n + 1, C)``, the
         base in row 0 — as stored (:meth:`_read_raw`) when every input is bf16 or every one

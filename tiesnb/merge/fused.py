@@ -161,6 +161,15 @@ def merge_stored(raw: Stored, thr, tie, left, low, zero_positive: bool, disjoint
     return None if (used > np.asarray(left)).any() else used
 
 
+def merge_stored_upto(raw: Stored, thr, tie, upto, low, zero_positive: bool, disjoint: str, lam: float,
+                      out: torch.Tensor, flags: torch.Tensor, blocks: int | None = None) -> None:
+    """:func:`merge_stored` of a whole tensor whose kept ties are known by place (from
+    :func:`tensor_cuts_stored`): model ``i`` keeps the entries with ``|x| == tie[i]`` before column
+    ``upto[i]`` (0: none). Exact in one call, whatever the number of ties."""
+    _k()._merge_stored_upto(_stored(raw), thr, tie, np.asarray(upto, np.int64), low, zero_positive,
+                            DISJOINT[disjoint], np.float32(lam), out.numpy(), flags.numpy(), blocks or _threads())
+
+
 LINEAR = {"task_arithmetic": 0, "average": 1}
 
 
@@ -195,11 +204,33 @@ def tensor_cuts(D: torch.Tensor, K: list[int], low_bits: bool = False) -> list[t
     equal = np.zeros(n, np.int64)
     _threads()
     _k()._tensor_cuts(D.view(torch.int32).numpy().view(np.uint32), np.asarray(K, np.int64), value, greater, equal, low_bits)
-    out = []
-    for i in range(n):
-        v = float(torch.tensor(int(value[i]), dtype=torch.int64).to(torch.int32).view(torch.float32))
-        out.append((v, int(greater[i]), int(equal[i])))
-    return out
+    return _cuts(value, greater, equal)
+
+
+def _cuts(value, greater, equal) -> list[tuple[float, int, int]]:
+    """(value as float32, greater, equal) per model, from the kernels' bit patterns and counts."""
+    values = value.astype(np.uint32).view(np.float32)
+    return [(float(values[i]), int(greater[i]), int(equal[i])) for i in range(len(value))]
+
+
+def tensor_cuts_stored(raw: Stored, K: list[int], low_bits: bool = False
+                       ) -> tuple[list[tuple[float, int, int]], list[int]] | None:
+    """:func:`tensor_cuts` of one whole tensor as stored (``raw``, n + 1 rows, the base first; see
+    :func:`_stored`): the task vectors are formed a tile at a time, never written out. Also per
+    model the column after the last tie the flat-order rule keeps (``upto``, for
+    :func:`merge_stored_upto`; the row's length when the cut keeps every tie). None when some
+    task vector is not finite (the caller then reads the tensor the ordinary way, which names
+    the input)."""
+    n, C = len(raw) - 1, raw[0].shape[-1]
+    if C >= 2 ** 31:
+        raise ValueError(f"tensor_cuts_stored: rows of {C} entries; at most 2**31 - 1")
+    value, greater, equal, upto = (np.zeros(n, np.int64) for _ in range(4))
+    bad = np.zeros(n, np.bool_)
+    _threads()
+    _k()._tensor_cuts_stored(_stored(raw), np.asarray(K, np.int64), value, greater, equal, upto, bad, low_bits)
+    if bad.any():
+        return None
+    return _cuts(value, greater, equal), [int(u) for u in upto]
 
 
 def keep_random(key: int, start: int, stop: int, density: float) -> torch.Tensor:

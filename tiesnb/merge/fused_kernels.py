@@ -251,6 +251,21 @@ def _merge(D, base, thr, tie, left, low, zero_positive, disjoint, lam, out, flag
             used[i] += start[b, i] - rest[b, i]
 
 
+@njit(inline="always")
+def _load_tile(raw, t0, w, bits, bt, Dt):  # pragma: no cover - compiled
+    """Columns ``t0 … t0 + w`` of a chunk as stored: the base (row 0) as float32 into ``bt``, the
+    task vectors (rows 1… minus it) into ``Dt[:, :w]``."""
+    f = bits.view(np.float32)
+    _load(raw[0][t0:t0 + w], bits, w)
+    for k in range(w):
+        bt[k] = f[k]
+    for i in range(len(raw) - 1):
+        _load(raw[i + 1][t0:t0 + w], bits, w)
+        di = Dt[i]
+        for k in range(w):
+            di[k] = f[k] - bt[k]
+
+
 @njit(cache=True, nogil=True, parallel=True)
 def _merge_stored(raw, thr, tie, left, low, zero_positive, disjoint, lam, out, flags, used, blocks):  # pragma: no cover
     # every block may keep `left[i]` ties: the caller checks that they did not take more in all
@@ -262,23 +277,47 @@ def _merge_stored(raw, thr, tie, left, low, zero_positive, disjoint, lam, out, f
         Dt = np.empty((n, TILE), np.float32)
         bt = np.empty(TILE, np.float32)
         bits = np.empty(TILE, np.uint32)
-        f = bits.view(np.float32)
         T, S, num, cnt, fl = _tile_buffers(n)
         for t0 in range(lo, hi, TILE):
             w = min(TILE, hi - t0)
-            _load(raw[0][t0:t0 + w], bits, w)
-            for k in range(w):
-                bt[k] = f[k]
-            for i in range(n):
-                _load(raw[i + 1][t0:t0 + w], bits, w)
-                di = Dt[i]
-                for k in range(w):
-                    di[k] = f[k] - bt[k]
+            _load_tile(raw, t0, w, bits, bt, Dt)
             _merge_tile(Dt, 0, w, bt, thr, tie, rest[b], low, zero_positive, disjoint,
                         lam, T, S, num, cnt, fl, out[t0:t0 + w], flags[t0:t0 + w])
     for i in range(n):
         for b in range(blocks):
             used[i] += left[i] - rest[b, i]
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _merge_stored_upto(raw, thr, tie, upto, low, zero_positive, disjoint, lam, out, flags, blocks):  # pragma: no cover
+    """:func:`_merge_stored` of a whole tensor whose kept ties are known by place: model i keeps
+    its ties before column ``upto[i]`` (:func:`_tensor_cuts_stored`). Each tile is given the
+    ties it keeps; only the tile holding ``upto[i]`` counts them."""
+    n, C = len(raw) - 1, raw[0].shape[0]
+    for b in prange(blocks):
+        lo, hi = b * C // blocks, (b + 1) * C // blocks
+        rem = np.empty(n, np.int64)
+        Dt = np.empty((n, TILE), np.float32)
+        bt = np.empty(TILE, np.float32)
+        bits = np.empty(TILE, np.uint32)
+        T, S, num, cnt, fl = _tile_buffers(n)
+        for t0 in range(lo, hi, TILE):
+            w = min(TILE, hi - t0)
+            _load_tile(raw, t0, w, bits, bt, Dt)
+            for i in range(n):
+                u = upto[i]
+                if u >= t0 + w:
+                    rem[i] = w  # every tie of the tile
+                elif u <= t0:
+                    rem[i] = 0
+                else:
+                    c = 0
+                    row = Dt[i]
+                    for j in range(u - t0):
+                        c += abs(row[j]) == tie[i]
+                    rem[i] = c
+            _merge_tile(Dt, 0, w, bt, thr, tie, rem, low, zero_positive, disjoint,
+                        lam, T, S, num, cnt, fl, out[t0:t0 + w], flags[t0:t0 + w])
 
 
 @njit(inline="always")
@@ -364,6 +403,90 @@ def _linear_stored(raw, w, lam, mode, inv, out, bad, blocks):  # pragma: no cove
 
 
 SORT_BELOW = 2048  # tensor cuts: rows this short are sorted (clearing the histograms costs more)
+M31, S16, L16 = np.uint32(0x7FFFFFFF), np.uint32(16), np.uint32(0xFFFF)  # |x|'s bits, the halves
+
+
+@njit(inline="always")
+def _count_low_bits(x, w, h):  # pragma: no cover - compiled
+    """Pass 1 of a bf16 tensor cut over the float32 bits ``x[:w]``: key = top 16 bits of ``|x|``,
+    + 32,768 where its low 16 bits are not 0; into two interleaved histograms ``h`` (2, 65,536), so
+    that a run of increments of one counter does not stall the loop."""
+    w2 = w - w % 2
+    for j in range(0, w2, 2):
+        for u in range(2):
+            a = x[j + u] & M31
+            h[u, (a >> S16) | (np.uint32((a & L16) != 0) << np.uint32(15))] += 1
+    if w2 < w:
+        a = x[w2] & M31
+        h[0, (a >> S16) | (np.uint32((a & L16) != 0) << np.uint32(15))] += 1
+
+
+@njit(inline="always")
+def _count_top(x, w, h1):  # pragma: no cover - compiled
+    """Pass 1 of a float32 tensor cut: the top 16 bits of ``|x|``, ``x[:w]``, into ``h1`` (32,768)."""
+    for j in range(w):
+        h1[(x[j] & M31) >> S16] += 1
+
+
+@njit(inline="always")
+def _count_fine(x, w, ub, h2):  # pragma: no cover - compiled
+    """Pass 2: the low 16 bits of the entries of ``x[:w]`` in bin ``ub`` into ``h2`` (65,536)."""
+    for j in range(w):
+        a = x[j] & M31
+        if (a >> S16) == ub:
+            h2[a & L16] += 1
+
+
+@njit(inline="always")
+def _pick_low_bits(h, k):  # pragma: no cover - compiled
+    """From pass 1's low-bits histograms: (the bin holding the ``k``-th largest, how many lie above
+    it, whether the cut is that bin's floor — then the number on it)."""
+    above = 0
+    b = 32767
+    while True:  # per bin, from the top: those above its floor, then those on it
+        inside = h[0, b | 0x8000] + h[1, b | 0x8000]
+        if above + inside >= k:
+            return b, above, False, 0  # the cut is above the floor: pass 2
+        above += inside
+        on = h[0, b] + h[1, b]
+        if above + on >= k:
+            return b, above, True, on
+        above += on
+        b -= 1
+
+
+@njit(inline="always")
+def _pick_top(h1, k):  # pragma: no cover - compiled
+    """The bin of pass 1 holding the ``k``-th largest, and how many lie above it."""
+    above = 0
+    b = 32767
+    while above + h1[b] < k:
+        above += h1[b]
+        b -= 1
+    return b, above
+
+
+@njit(inline="always")
+def _pick_fine(h2, b, above, k):  # pragma: no cover - compiled
+    """From pass 2 over bin ``b``: the ``k``-th largest's bits, how many are larger, how many equal."""
+    v = 65535
+    while above + h2[v] < k:
+        above += h2[v]
+        v -= 1
+    return (b << 16) | v, above, h2[v]
+
+
+@njit(inline="always")
+def _sorted_cut(x, C, k):  # pragma: no cover - compiled
+    """The cut of a short row ``x[:C]`` by sorting: its magnitudes' bits sort as the magnitudes do."""
+    s = np.sort(x[:C] & M31)
+    v = s[C - k]
+    g = 0
+    e = 0
+    for j in range(C):
+        g += s[j] > v
+        e += s[j] == v
+    return v, g, e
 
 
 @njit(cache=True, nogil=True, parallel=True)
@@ -375,75 +498,110 @@ def _tensor_cuts(bits, K, value, greater, equal, low_bits):  # pragma: no cover 
     ``low_bits`` (bf16 checkpoints): pass 1 also counts apart, per bin, the magnitudes whose low 16
     bits are not 0 — those above the bin's floor. The task vectors of bf16 checkpoints take few
     distinct magnitudes, nearly all with low bits 0 (99.4 % in the benchmark's): the cut is then
-    the floor of its bin, found by pass 1 alone. Two interleaved histograms, so that a run of
-    increments of one counter does not stall the loop (7 × 0.26 M entries: 1.8 → 1.3 ms).
-    Pass 2, where needed, counts the low 16 bits within the bin. Rows of fewer than
-    ``SORT_BELOW`` entries are sorted instead (the norm vectors of an LLM: 0.5 → 0.02 ms).
-    Counts are int32: a held tensor has far fewer than 2³¹ entries."""
+    the floor of its bin, found by pass 1 alone (7 × 0.26 M entries: 1.8 → 1.3 ms with two
+    interleaved histograms). Pass 2, where needed, counts the low 16 bits within the bin. Rows of
+    fewer than ``SORT_BELOW`` entries are sorted instead (the norm vectors of an LLM: 0.5 →
+    0.02 ms). Counts are int32: a held tensor has far fewer than 2³¹ entries."""
     n, C = bits.shape
-    M = np.uint32(0x7FFFFFFF)
-    S = np.uint32(16)
-    L = np.uint32(0xFFFF)
     for i in prange(n):
         k = K[i]
         if k <= 0 or k > C:
             continue
         row = bits[i]
         if C < SORT_BELOW:
-            s = np.sort(row & M)  # magnitudes' bit patterns sort as the magnitudes do
-            v = s[C - k]
-            g = 0
-            e = 0
-            for j in range(C):
-                g += s[j] > v
-                e += s[j] == v
-            value[i], greater[i], equal[i] = v, g, e
+            value[i], greater[i], equal[i] = _sorted_cut(row, C, k)
             continue
-        above = 0
-        b = 32767
-        if low_bits:  # pass 1, key: top 16 bits, + 32768 where the low 16 are not 0
-            C2 = C - C % 2
+        if low_bits:
             h = np.zeros((2, 65536), np.int32)
-            for j in range(0, C2, 2):
-                for u in range(2):
-                    x = row[j + u] & M
-                    h[u, (x >> S) | (np.uint32((x & L) != 0) << np.uint32(15))] += 1
-            if C2 < C:
-                x = row[C2] & M
-                h[0, (x >> S) | (np.uint32((x & L) != 0) << np.uint32(15))] += 1
-            found = False
-            while True:  # per bin, from the top: those above its floor, then those on it
-                inside = h[0, b | 0x8000] + h[1, b | 0x8000]
-                if above + inside >= k:
-                    break  # the cut is above the floor: pass 2
-                above += inside
-                on = h[0, b] + h[1, b]
-                if above + on >= k:
-                    value[i], greater[i], equal[i] = b << 16, above, on
-                    found = True
-                    break
-                above += on
-                b -= 1
+            _count_low_bits(row, C, h)
+            b, above, found, on = _pick_low_bits(h, k)
             if found:
+                value[i], greater[i], equal[i] = b << 16, above, on
                 continue
-        else:  # pass 1: top 16 bits of |x|
+        else:
             h1 = np.zeros(32768, np.int32)
-            for j in range(C):
-                h1[(row[j] & M) >> S] += 1
-            while above + h1[b] < k:  # the bin holding the k-th largest
-                above += h1[b]
-                b -= 1
-        ub = np.uint32(b)
-        h2 = np.zeros(65536, np.int32)  # pass 2: the low 16 bits of the bin's entries
-        for j in range(C):
-            x = row[j] & M
-            if (x >> S) == ub:
-                h2[x & L] += 1
-        v = 65535
-        while above + h2[v] < k:
-            above += h2[v]
-            v -= 1
-        value[i], greater[i], equal[i] = (b << 16) | v, above, h2[v]
+            _count_top(row, C, h1)
+            b, above = _pick_top(h1, k)
+        h2 = np.zeros(65536, np.int32)
+        _count_fine(row, C, np.uint32(b), h2)
+        value[i], greater[i], equal[i] = _pick_fine(h2, b, above, k)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _tensor_cuts_stored(raw, K, value, greater, equal, upto, bad, low_bits):  # pragma: no cover - compiled
+    """:func:`_tensor_cuts` of the task vectors of one whole tensor as stored (``raw``: n + 1 rows,
+    the base first), formed a tile at a time and never written out; and ``upto[i]``, the column
+    after the last tie that the flat-order tie rule keeps (the ``K[i] - greater[i]``-th entry equal
+    to the cut), so that the merge needs no count of ties. ``bad[i]``: model i's task vector has
+    an inf or NaN (a non-finite input, or an overflow): nothing else is then set for it."""
+    n, C = len(raw) - 1, raw[0].shape[0]
+    for i in prange(n):
+        k = K[i]
+        if k <= 0 or k > C:
+            continue
+        bits = np.empty(BF16_TILE, np.uint32)
+        fb = np.empty(BF16_TILE, np.float32)
+        if C < SORT_BELOW:
+            _load_base(raw, 0, C, bits, fb)
+            _load_delta(raw, i, 0, C, bits, fb)
+            if _nonfinite(bits, C):
+                bad[i] = True
+                continue
+            v, g, e = _sorted_cut(bits, C, k)
+        else:
+            found = False
+            if low_bits:
+                h = np.zeros((2, 65536), np.int32)
+                for t0 in range(0, C, BF16_TILE):
+                    w = min(BF16_TILE, C - t0)
+                    _load_base(raw, t0, w, bits, fb)
+                    _load_delta(raw, i, t0, w, bits, fb)
+                    _count_low_bits(bits, w, h)
+                if h[:, 0x7F80:0x8000].sum() + h[:, 0xFF80:].sum():  # exponent 255: inf or NaN
+                    bad[i] = True
+                    continue
+                b, g, found, e = _pick_low_bits(h, k)
+                v = np.uint32(b) << S16
+            else:
+                h1 = np.zeros(32768, np.int32)
+                for t0 in range(0, C, BF16_TILE):
+                    w = min(BF16_TILE, C - t0)
+                    _load_base(raw, t0, w, bits, fb)
+                    _load_delta(raw, i, t0, w, bits, fb)
+                    _count_top(bits, w, h1)
+                if h1[0x7F80:].sum():
+                    bad[i] = True
+                    continue
+                b, g = _pick_top(h1, k)
+            if not found:
+                h2 = np.zeros(65536, np.int32)
+                for t0 in range(0, C, BF16_TILE):
+                    w = min(BF16_TILE, C - t0)
+                    _load_base(raw, t0, w, bits, fb)
+                    _load_delta(raw, i, t0, w, bits, fb)
+                    _count_fine(bits, w, np.uint32(b), h2)
+                v, g, e = _pick_fine(h2, b, g, k)
+        value[i], greater[i], equal[i] = v, g, e
+        take = k - g  # the ties kept: the first `take` in flat order
+        upto[i] = C
+        if take < e:
+            c = 0
+            for t0 in range(0, C, BF16_TILE):
+                w = min(BF16_TILE, C - t0)
+                _load_base(raw, t0, w, bits, fb)
+                _load_delta(raw, i, t0, w, bits, fb)
+                t = 0
+                for j in range(w):  # the tile's ties counted first: a loop that vectorizes
+                    t += (bits[j] & M31) == v
+                if c + t < take:
+                    c += t
+                    continue
+                for j in range(w):
+                    c += (bits[j] & M31) == v
+                    if c == take:
+                        upto[i] = t0 + j + 1
+                        break
+                break
 
 
 @njit(inline="always")

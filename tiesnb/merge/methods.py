@@ -360,9 +360,15 @@ class _Trimmer:
         self.cuts = cuts
         self.extra_left = None if cuts is None else [[c.extra for c in cs] for cs in cuts]
 
-    def begin(self, name: str) -> None:
+    def begin(self, name: str, stored: bool = False) -> None:
+        """Start tensor ``name``: with a per-tensor trim, find its cuts. ``stored``: the merge can
+        take the compiled kernel, so the cuts may come from the inputs as stored (see
+        :meth:`_cuts_from_stored`)."""
         self.tp = for_tensor(self.p, name)
+        self.rows = self.upto = None
         if self.per_tensor:
+            if stored and self.impl.compiled_cuts(self.job, self.tp, name) and self._cuts_from_stored(name):
+                return
             held = self.job.hold(name)  # statistics and merge of this tensor then read the files once
             if held and self.impl.compiled_cuts(self.job, self.tp, name):
                 self.set_cuts(self.impl.held_cuts(self.job, self.tp, name))
@@ -375,6 +381,34 @@ class _Trimmer:
                     return
                 self.impl.second_pass(self.job, sel, [name], None)
             self.set_cuts([[s.cut() for s in row] for row in sel])
+
+    def _cuts_from_stored(self, name: str) -> bool:
+        """The exact cuts of a whole tensor from the inputs' mapped rows (:meth:`.MergeJob.stored_tensor`),
+        with the place of each model's last kept tie, so that :meth:`fused_merge_tensor` merges it in
+        one pass over the same rows: no float32 task vectors held (7 × 1 GB bf16: 28 bytes a
+        parameter written and read twice). False where the rows are not at hand or a value is not
+        finite (the held path then names the input)."""
+        rows = self.job.stored_tensor(name)
+        if rows is None:
+            return False
+        d = self.job.specs[name].numel
+        K = [self.impl.counts(self.tp, d, i)[0] for i in range(self.job.n)]
+        found = fused.tensor_cuts_stored(rows, [min(max(k, 1), d) for k in K], self.job.bf16_inputs)
+        if found is None:
+            return False
+        self.set_cuts([[cut_of_rank(k, d, *c, self.p["ties"])] for k, c in zip(K, found[0])])
+        # a cut that keeps some of its ties keeps those before the place found; others keep none
+        self.upto = [u if not cs[0].inclusive and cs[0].extra else 0 for u, cs in zip(found[1], self.cuts)]
+        self.rows = rows
+        self.job.verified(name)
+        return True
+
+    def fused_merge_tensor(self, out: torch.Tensor, flags: torch.Tensor, zero_positive: bool, disjoint: str,
+                           lam: float) -> None:
+        """:meth:`fused_merge` of the whole tensor whose cuts came from :meth:`_cuts_from_stored`."""
+        thr, tie, _, low = self._fused_args()
+        fused.merge_stored_upto(self.rows, thr, tie, self.upto, low, zero_positive, disjoint, lam, out, flags)
+        self.rows = None
 
     def _top(self, row: torch.Tensor, out: torch.Tensor, i: int, j: int) -> None:
         cut = self.cuts[i][j]
@@ -730,11 +764,17 @@ class SparseMerge:
         p = for_tensor(p, name)
         w = self._tensor_weights(job, p, state, name)
         trim = state.trim
-        trim.begin(name)
+        fast = self.fusable(job, p, state)
+        trim.begin(name, stored=fast)
         scope = trim.scope
         if scope is not None and (not state.scopes or state.scopes[-1] is not scope):
             state.scopes.append(scope)
-        fast = self.fusable(job, p, state)
+        if fast and trim.rows is not None:  # cuts and merge from the inputs as stored
+            numel = job.specs[name].numel
+            out, flags = job.scratch("merged", (numel,)), job.scratch("flags", (numel,), torch.uint8)
+            trim.fused_merge_tensor(out, flags, p["zero_sign"] == "positive", _fused_disjoint(p), p["lam"])
+            yield out
+            return
         if fast and scope is None and job.is_held(name):  # the whole tensor in one compiled call
             hb, hX = job.held()
             out, flags = job.scratch("merged", hb.shape), job.scratch("flags", hb.shape, torch.uint8)
