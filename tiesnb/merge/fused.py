@@ -14,6 +14,9 @@ For bf16 and float32 checkpoints :func:`histogram_stored` and :func:`merge_store
 as stored (the base in row 0) — the inputs' own mapped rows where the engine has them — and form
 the float32 task vectors inside the kernel, a tile at a time, so they are never written out;
 :func:`stored_delta` writes them out for the other methods (one pass, no copy of the inputs).
+A per-tensor trim over mapped inputs takes each tensor whole: :func:`tensor_cuts_stored` finds its
+exact cuts and where each model's last kept tie lies, :func:`merge_stored_upto` merges it in one
+call (no float32 task vectors held).
 Loops index slices from 0 (``row = D[i, lo:hi]``; ``row[j]``): numba then knows no index is
 negative and vectorizes them (indexing ``D[i, j]`` with ``j`` from ``range(lo, hi)`` ran 1.5-4 ×
 slower).
