@@ -254,7 +254,7 @@ def test_linear_kernel_names_a_non_finite_input_and_lets_an_overflow_pass(monkey
 def test_compiled_per_tensor_cuts_equal_the_streaming_select(monkeypatch, dtype, params, rows):
     from tiesnb.merge import engine, methods
 
-    # "stored": cuts and merge from the inputs' own rows (tensor_cuts_stored, merge_stored_upto)
+    # "stored": cuts and merge from the inputs' own rows (tensor_cuts_stored, merge_stored by place)
     monkeypatch.setattr(engine, "VIEW_ROWS_BYTES", 0 if rows == "stored" else engine.VIEW_ROWS_BYTES)
     g = torch.Generator().manual_seed(11)
     base, models = make_models(4, seed=12)
@@ -300,7 +300,7 @@ def test_tensor_cuts_equal_sorting(values, low_bits, width):
 @pytest.mark.parametrize("width", [10_003, 777])
 def test_tensor_cuts_from_stored_numbers(dtype, width, rows):
     """tensor_cuts_stored against tensor_cuts of the float32 task vectors, and its place of the
-    last kept tie against counting them in flat order; merge_stored_upto against the counting
+    last kept tie against counting them in flat order; merge_stored given those places against the counting
     merge kernel."""
     g = torch.Generator().manual_seed(width)
     base = (0.02 * torch.randn(width, generator=g)).to(dtype)
@@ -326,7 +326,7 @@ def test_tensor_cuts_from_stored_numbers(dtype, width, rows):
     out, flags, want, want_flags = (torch.empty(width), torch.empty(width, dtype=torch.uint8),
                                     torch.empty(width), torch.empty(width, dtype=torch.uint8))
     for blocks in (1, 2, 3):
-        fused.merge_stored_upto(stored, thr_incl, tie, upto_kept, low, False, "mean", 0.5, out, flags, blocks=blocks)
+        fused.merge_stored(stored, thr_incl, tie, None, low, False, "mean", 0.5, out, flags, blocks=blocks, upto=upto_kept)
         fused.merge(D, base.float(), thr_incl, tie, left, low, False, "mean", 0.5, want, want_flags, blocks=1)
         assert torch.equal(out, want), blocks
     raw[2, width // 2] = float("nan")

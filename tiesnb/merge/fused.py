@@ -15,8 +15,8 @@ as stored (the base in row 0) — the inputs' own mapped rows where the engine h
 the float32 task vectors inside the kernel, a tile at a time, so they are never written out;
 :func:`stored_delta` writes them out for the other methods (one pass, no copy of the inputs).
 A per-tensor trim over mapped inputs takes each tensor whole: :func:`tensor_cuts_stored` finds its
-exact cuts and where each model's last kept tie lies, :func:`merge_stored_upto` merges it in one
-call (no float32 task vectors held).
+exact cuts and where each model's last kept tie lies, :func:`merge_stored` given those places
+merges it in one call (no float32 task vectors held).
 Loops index slices from 0 (``row = D[i, lo:hi]``; ``row[j]``): numba then knows no index is
 negative and vectorizes them (indexing ``D[i, j]`` with ``j`` from ``range(lo, hi)`` ran 1.5-4 ×
 slower).
@@ -151,26 +151,23 @@ def merge(D: torch.Tensor, base: torch.Tensor, thr, tie, left, low, zero_positiv
 
 
 def merge_stored(raw: Stored, thr, tie, left, low, zero_positive: bool, disjoint: str, lam: float,
-                 out: torch.Tensor, flags: torch.Tensor, blocks: int | None = None) -> np.ndarray | None:
+                 out: torch.Tensor, flags: torch.Tensor, blocks: int | None = None, upto=None) -> np.ndarray | None:
     """:func:`merge` of the task vectors of ``raw`` (n + 1, C) as stored (see :func:`_stored`; rows 1…
     minus row 0, in float32) onto row 0, without writing them out. The column blocks work in
     parallel, each as if it could keep ``left[i]`` ties: right whenever the chunk holds no more
     ties than are left to keep (the tie value of a global cut is met a few dozen times in a
     model) — otherwise None, and the caller merges the chunk with :func:`merge`, which counts
-    each block's ties first."""
-    used = np.zeros(len(raw) - 1, np.int64)
-    _k()._merge_stored(_stored(raw), thr, tie, left, low, zero_positive,
+    each block's ties first. ``upto`` (a whole tensor, from :func:`tensor_cuts_stored`): the kept
+    ties known by place instead — model ``i`` keeps those before column ``upto[i]`` (0: none);
+    ``left`` is then ignored (and the ties used not counted: zeros), and the merge is exact in one
+    call whatever the number of ties."""
+    n = len(raw) - 1
+    places = np.full(n, -1, np.int64) if upto is None else np.asarray(upto, np.int64)
+    left = np.zeros(n, np.int64) if upto is not None else np.asarray(left, np.int64)
+    used = np.zeros(n, np.int64)
+    _k()._merge_stored(_stored(raw), thr, tie, left, places, low, zero_positive,
                        DISJOINT[disjoint], np.float32(lam), out.numpy(), flags.numpy(), used, blocks or _threads())
-    return None if (used > np.asarray(left)).any() else used
-
-
-def merge_stored_upto(raw: Stored, thr, tie, upto, low, zero_positive: bool, disjoint: str, lam: float,
-                      out: torch.Tensor, flags: torch.Tensor, blocks: int | None = None) -> None:
-    """:func:`merge_stored` of a whole tensor whose kept ties are known by place (from
-    :func:`tensor_cuts_stored`): model ``i`` keeps the entries with ``|x| == tie[i]`` before column
-    ``upto[i]`` (0: none). Exact in one call, whatever the number of ties."""
-    _k()._merge_stored_upto(_stored(raw), thr, tie, np.asarray(upto, np.int64), low, zero_positive,
-                            DISJOINT[disjoint], np.float32(lam), out.numpy(), flags.numpy(), blocks or _threads())
+    return None if upto is None and (used > left).any() else used
 
 
 LINEAR = {"task_arithmetic": 0, "average": 1}
@@ -221,7 +218,7 @@ def tensor_cuts_stored(raw: Stored, K: list[int], low_bits: bool = False
     """:func:`tensor_cuts` of one whole tensor as stored (``raw``, n + 1 rows, the base first; see
     :func:`_stored`): the task vectors are formed a tile at a time, never written out. Also per
     model the column after the last tie the flat-order rule keeps (``upto``, for
-    :func:`merge_stored_upto`; the row's length when the cut keeps every tie). None when some
+    :func:`merge_stored`; the row's length when the cut keeps every tie). None when some
     task vector is not finite (the caller then reads the tensor the ordinary way, which names
     the input)."""
     n, C = len(raw) - 1, raw[0].shape[-1]

@@ -267,8 +267,11 @@ def _load_tile(raw, t0, w, bits, bt, Dt):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _merge_stored(raw, thr, tie, left, low, zero_positive, disjoint, lam, out, flags, used, blocks):  # pragma: no cover
-    # every block may keep `left[i]` ties: the caller checks that they did not take more in all
+def _merge_stored(raw, thr, tie, left, upto, low, zero_positive, disjoint, lam, out, flags, used, blocks):  # pragma: no cover
+    """:func:`_merge` of a chunk as stored. Model i's ties: with ``upto[i] >= 0`` known by place —
+    it keeps those before column ``upto[i]`` (a whole tensor, :func:`_tensor_cuts_stored`), each
+    tile told how many it keeps (only the tile holding ``upto[i]`` counts them); else every block
+    may keep ``left[i]`` and ``used`` says how many they took (the caller checks the sum)."""
     n, C = len(raw) - 1, raw[0].shape[0]
     rest = np.empty((blocks, n), np.int64)
     for b in prange(blocks):
@@ -281,43 +284,26 @@ def _merge_stored(raw, thr, tie, left, low, zero_positive, disjoint, lam, out, f
         for t0 in range(lo, hi, TILE):
             w = min(TILE, hi - t0)
             _load_tile(raw, t0, w, bits, bt, Dt)
-            _merge_tile(Dt, 0, w, bt, thr, tie, rest[b], low, zero_positive, disjoint,
-                        lam, T, S, num, cnt, fl, out[t0:t0 + w], flags[t0:t0 + w])
-    for i in range(n):
-        for b in range(blocks):
-            used[i] += left[i] - rest[b, i]
-
-
-@njit(cache=True, nogil=True, parallel=True)
-def _merge_stored_upto(raw, thr, tie, upto, low, zero_positive, disjoint, lam, out, flags, blocks):  # pragma: no cover
-    """:func:`_merge_stored` of a whole tensor whose kept ties are known by place: model i keeps
-    its ties before column ``upto[i]`` (:func:`_tensor_cuts_stored`). Each tile is given the
-    ties it keeps; only the tile holding ``upto[i]`` counts them."""
-    n, C = len(raw) - 1, raw[0].shape[0]
-    for b in prange(blocks):
-        lo, hi = b * C // blocks, (b + 1) * C // blocks
-        rem = np.empty(n, np.int64)
-        Dt = np.empty((n, TILE), np.float32)
-        bt = np.empty(TILE, np.float32)
-        bits = np.empty(TILE, np.uint32)
-        T, S, num, cnt, fl = _tile_buffers(n)
-        for t0 in range(lo, hi, TILE):
-            w = min(TILE, hi - t0)
-            _load_tile(raw, t0, w, bits, bt, Dt)
             for i in range(n):
                 u = upto[i]
+                if u < 0:
+                    continue
                 if u >= t0 + w:
-                    rem[i] = w  # every tie of the tile
+                    rest[b, i] = w  # every tie of the tile
                 elif u <= t0:
-                    rem[i] = 0
+                    rest[b, i] = 0
                 else:
                     c = 0
                     row = Dt[i]
                     for j in range(u - t0):
                         c += abs(row[j]) == tie[i]
-                    rem[i] = c
-            _merge_tile(Dt, 0, w, bt, thr, tie, rem, low, zero_positive, disjoint,
+                    rest[b, i] = c
+            _merge_tile(Dt, 0, w, bt, thr, tie, rest[b], low, zero_positive, disjoint,
                         lam, T, S, num, cnt, fl, out[t0:t0 + w], flags[t0:t0 + w])
+    for i in range(n):
+        if upto[i] < 0:
+            for b in range(blocks):
+                used[i] += left[i] - rest[b, i]
 
 
 @njit(inline="always")

@@ -407,7 +407,7 @@ class _Trimmer:
                            lam: float) -> None:
         """:meth:`fused_merge` of the whole tensor whose cuts came from :meth:`_cuts_from_stored`."""
         thr, tie, _, low = self._fused_args()
-        fused.merge_stored_upto(self.rows, thr, tie, self.upto, low, zero_positive, disjoint, lam, out, flags)
+        fused.merge_stored(self.rows, thr, tie, None, low, zero_positive, disjoint, lam, out, flags, upto=self.upto)
         self.rows = None
 
     def _top(self, row: torch.Tensor, out: torch.Tensor, i: int, j: int) -> None:
