@@ -47,6 +47,14 @@ def _load_delta(raw, i, t0, w, bits, fb):  # pragma: no cover - compiled
 
 
 @njit(inline="always")
+def _load_task_vector(raw, i, t0, w, bits, fb):  # pragma: no cover - compiled
+    """Model ``i``'s task vector over columns ``t0 … t0 + w`` as float32 bits into ``bits`` (the
+    base loaded into ``fb`` first): one model's tile, for kernels that work a model at a time."""
+    _load_base(raw, t0, w, bits, fb)
+    _load_delta(raw, i, t0, w, bits, fb)
+
+
+@njit(inline="always")
 def _tile_buffers(n):  # pragma: no cover - compiled
     """A thread's work buffers for :func:`_merge_tile`: trimmed rows, sign, sum, count, flags."""
     return (np.empty((n, TILE), np.float32), np.empty(TILE, np.float32), np.empty(TILE, np.float32),
@@ -528,8 +536,7 @@ def _tensor_cuts_stored(raw, K, value, greater, equal, upto, bad, low_bits):  # 
         bits = np.empty(BF16_TILE, np.uint32)
         fb = np.empty(BF16_TILE, np.float32)
         if C < SORT_BELOW:
-            _load_base(raw, 0, C, bits, fb)
-            _load_delta(raw, i, 0, C, bits, fb)
+            _load_task_vector(raw, i, 0, C, bits, fb)
             if _nonfinite(bits, C):
                 bad[i] = True
                 continue
@@ -540,8 +547,7 @@ def _tensor_cuts_stored(raw, K, value, greater, equal, upto, bad, low_bits):  # 
                 h = np.zeros((2, 65536), np.int32)
                 for t0 in range(0, C, BF16_TILE):
                     w = min(BF16_TILE, C - t0)
-                    _load_base(raw, t0, w, bits, fb)
-                    _load_delta(raw, i, t0, w, bits, fb)
+                    _load_task_vector(raw, i, t0, w, bits, fb)
                     _count_low_bits(bits, w, h)
                 if h[:, 0x7F80:0x8000].sum() + h[:, 0xFF80:].sum():  # exponent 255: inf or NaN
                     bad[i] = True
@@ -552,8 +558,7 @@ def _tensor_cuts_stored(raw, K, value, greater, equal, upto, bad, low_bits):  # 
                 h1 = np.zeros(32768, np.int32)
                 for t0 in range(0, C, BF16_TILE):
                     w = min(BF16_TILE, C - t0)
-                    _load_base(raw, t0, w, bits, fb)
-                    _load_delta(raw, i, t0, w, bits, fb)
+                    _load_task_vector(raw, i, t0, w, bits, fb)
                     _count_top(bits, w, h1)
                 if h1[0x7F80:].sum():
                     bad[i] = True
@@ -563,8 +568,7 @@ def _tensor_cuts_stored(raw, K, value, greater, equal, upto, bad, low_bits):  # 
                 h2 = np.zeros(65536, np.int32)
                 for t0 in range(0, C, BF16_TILE):
                     w = min(BF16_TILE, C - t0)
-                    _load_base(raw, t0, w, bits, fb)
-                    _load_delta(raw, i, t0, w, bits, fb)
+                    _load_task_vector(raw, i, t0, w, bits, fb)
                     _count_fine(bits, w, np.uint32(b), h2)
                 v, g, e = _pick_fine(h2, b, g, k)
         value[i], greater[i], equal[i] = v, g, e
@@ -574,8 +578,7 @@ def _tensor_cuts_stored(raw, K, value, greater, equal, upto, bad, low_bits):  # 
             c = 0
             for t0 in range(0, C, BF16_TILE):
                 w = min(BF16_TILE, C - t0)
-                _load_base(raw, t0, w, bits, fb)
-                _load_delta(raw, i, t0, w, bits, fb)
+                _load_task_vector(raw, i, t0, w, bits, fb)
                 t = 0
                 for j in range(w):  # the tile's ties counted first: a loop that vectorizes
                     t += (bits[j] & M31) == v
