@@ -317,8 +317,7 @@ class MergeJob:
         per-tensor trim (:func:`.fused.tensor_cuts_stored`) — where the chunks come from views
         (:attr:`rows_from_views`) and the tensor is small enough to hold (``hold_bytes``: its
         pages stay mapped in until the next tensor's are read). Unchecked; None otherwise."""
-        if (self._raw is None or not self.rows_from_views
-                or (self.n + 1) * self.specs[name].numel * 4 > self.hold_bytes):
+        if self._raw is None or not self.rows_from_views or not self._holdable(name):
             return None
         views = tuple(src.view(name, 0, self.specs[name].numel) for src in [self.base, *self.models])
         if any(v is None or v.dtype != self._raw.dtype for v in views):
@@ -397,12 +396,16 @@ class MergeJob:
         """Every value of ``name`` in every input was found finite."""
         self._verified.add(name)
 
+    def _holdable(self, name: str) -> bool:
+        """Whether tensor ``name``'s n + 1 rows, as float32, fit ``hold_bytes``."""
+        return (self.n + 1) * self.specs[name].numel * 4 <= self.hold_bytes
+
     def hold(self, name: str | None) -> bool:
         """Read tensor ``name``'s base and task vectors into memory once, if they fit
         ``hold_bytes``, so that several passes over it (per-tensor statistics, then the merge)
         read the files once; ``None`` releases. True when held."""
         self._held = None
-        if name is None or (self.n + 1) * self.specs[name].numel * 4 > self.hold_bytes:
+        if name is None or not self._holdable(name):
             return False
         numel = self.specs[name].numel
         hX = torch.empty(self.n, numel, dtype=torch.float32)
