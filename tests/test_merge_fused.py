@@ -197,12 +197,15 @@ def test_linear_kernel_equals_the_torch_path_bit_for_bit(monkeypatch, dtype, met
     fused._k()  # loaded: the compiled pass then runs for float32 inputs too
     base, models = make_models(5, seed=3)
     base, models = _in_dtype(base, dtype), [_in_dtype(m, dtype) for m in models]
-    viewed = merge(method, base, models, dtype="float32", chunk=1000, **params)  # from the dicts' own storage
+    default = merge(method, base, models, dtype="float32", chunk=1000, **params)  # bf16: compiled from the views
+    monkeypatch.setattr(methods, "FUSED_LINEAR", False)
+    viewed = merge(method, base, models, dtype="float32", chunk=1000, **params)  # torch on the dicts' own storage
+    monkeypatch.setattr(methods, "FUSED_LINEAR", True)
     monkeypatch.setattr(methods, "VIEWS", False)
     fast = merge(method, base, models, dtype="float32", chunk=1000, **params)  # chunks end inside tiles
     monkeypatch.setattr(methods, "FUSED_LINEAR", False)
     slow = merge(method, base, models, dtype="float32", chunk=1000, **params)
-    for other in (fast, viewed):
+    for other in (fast, viewed, default):
         for n in other:
             assert torch.equal(other[n], slow[n]) and (other[n].view(-1)[:5].sign() == slow[n].view(-1)[:5].sign()).all(), n
     # the torch path is the old expression: λ·Σ(w·τ) added to the base, rows summed in order
@@ -232,6 +235,12 @@ def test_linear_kernel_names_a_non_finite_input_and_lets_an_overflow_pass(monkey
     for method in ("task_arithmetic", "average"):
         with pytest.raises(Exception, match="model 2"):
             merge(method, base, bad)
+    # the base is not in an average: the kernel checks it apart (an inf would not reach the output)
+    bad_base = dict(base)
+    bad_base["layer0.w"] = bad_base["layer0.w"].clone()
+    bad_base["layer0.w"].view(-1)[3] = float("inf")
+    with pytest.raises(Exception, match="base"):
+        merge("average", bad_base, models)
     huge = [dict(m) for m in models]  # finite inputs whose sum overflows float32: no error, inf out
     if dtype == torch.float32:
         for m in huge:

@@ -178,8 +178,10 @@ def linear(rows: Stored, kind: str, w: np.ndarray, lam: float, divisor: float, o
     of one chunk in one pass: ``rows`` (n + 1, C), the base in row 0, float32 — or bf16 as stored,
     widened inside the kernel, or a tuple of rows (see :func:`_stored`). The float32 operations and their order are those of the torch path
     (``rowsum`` of the weighted differences, then ``b + λ·``), so the results are equal bit for bit.
-    Returns False when some output or input may not be finite (the caller then checks the chunk
-    the ordinary way, which names the input, or accepts an overflow of finite inputs)."""
+    Returns False when some output (or, averaging, the base, which is not in the mean) may not be
+    finite — as it is whenever an input is: NaN and inf propagate through both sums, and inf · 0
+    is NaN — the caller then checks the chunk the ordinary way, which names the input, or accepts
+    an overflow of finite inputs."""
     bad = np.zeros(_threads(), np.bool_)
     args = (w.astype(np.float32), np.float32(lam), LINEAR[kind], np.float32(divisor), out.numpy(), bad, len(bad))
     if isinstance(rows, tuple) or rows.dtype == torch.bfloat16:

