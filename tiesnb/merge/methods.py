@@ -72,16 +72,15 @@ def _check_tensor_names(job: MergeJob, p: dict) -> None:
 # average and task arithmetic: one pass, no statistics
 
 
-# Speed: both read each input once. bf16 inputs: one compiled pass per chunk (fused.linear) reads
-# the stored numbers (the inputs' mapped rows where they have them), widens them in the kernel and
-# writes the merged values — per model one load and one multiply-add over a cache-sized tile
-# (7 × 1 GB bf16: the whole merge 3.6 → 3.2 s against torch on the views, numba's start-up of
-# ≈ 0.55 s included). float32 inputs that hand out their stored numbers without a copy (a
-# memory-mapped file, a state dict in memory: Source.view): torch computes from them directly,
-# model by model, into cache-sized buffers — no copy of the inputs (7 × 1 GB fp32: 1.7 → 0.8 s of
-# reading and arithmetic) and no numba start-up, which the compiled pass would not win back
-# (a wash, measured). Otherwise the torch path on reused buffers. All compute the same float32
-# operations in the same order: the results are equal bit for bit (tested).
+# Speed: both read each input once. Where every input can hand out its stored numbers without a
+# copy (a memory-mapped file, a state dict in memory: Source.view), torch computes from them
+# directly, model by model, into cache-sized buffers: no copy of the inputs at all (7 × 1 GB fp32:
+# 1.7 → 0.8 s of reading and arithmetic) and no numba start-up. The compiled pass over the same
+# mapped rows (fused.linear, one load and one multiply-add a model) does the arithmetic in less
+# time but does not win back numba's start-up (≈ 0.55 s, +115 MiB of RSS): bf16 7 × 1 GB, whole
+# process, 4.25 s on the views against 4.38 s compiled (median of 5, README). Otherwise, for bf16
+# inputs that one compiled pass per chunk; for float32 the torch path on reused buffers. All
+# compute the same float32 operations in the same order: the results are equal bit for bit (tested).
 FUSED_LINEAR = True
 VIEWS = True  # (the engine's VIEWS does the same for the task vectors of the other methods)
 
@@ -138,12 +137,10 @@ def _viewed(job: MergeJob, name: str, kind: str, w: torch.Tensor | None, lam: fl
 def _linear(job: MergeJob, name: str, kind: str, w: torch.Tensor | None, lam: float,
             divisor: float) -> Iterator[torch.Tensor] | None:
     """The chunks of a task arithmetic or average merge of ``name`` from views or compiled, or None."""
-    compiled = FUSED_LINEAR and fused.available(job.device)
-    if not (compiled and job.raw_bf16):
-        viewed = _viewed(job, name, kind, w, lam, divisor)
-        if viewed is not None:
-            return viewed
-    if not (compiled and (job.raw_bf16 or fused.loaded())):
+    viewed = _viewed(job, name, kind, w, lam, divisor)
+    if viewed is not None:
+        return viewed
+    if not (FUSED_LINEAR and fused.available(job.device) and (job.raw_bf16 or fused.loaded())):
         return None
     weights = np.ones(job.n, np.float32) if w is None else w.cpu().numpy()
 
