@@ -315,34 +315,33 @@ def _merge_stored(raw, thr, tie, left, upto, low, zero_positive, disjoint, lam, 
 
 
 @njit(inline="always")
-def _linear_tile(R, r0, t0, m, bt, w, lam, mode, inv, out):  # pragma: no cover - compiled
-    """One tile of :func:`linear`: models' float32 weights in rows ``r0…`` of ``R``, columns
-    ``t0 … t0 + m``; ``bt`` the base's."""
-    n = w.shape[0]
-    if mode == 0:  # task arithmetic: b + λ Σ_i w_i (x_i − b), summed in model order
-        r = R[r0, t0:t0 + m]  # a row slice of a C-contiguous array: the loops vectorize
-        w0 = w[0]
+def _linear_add(o, f, bt, wi, first, mode, m):  # pragma: no cover - compiled
+    """Model ``i``'s term of :func:`linear` over one tile, ``f[:m]`` its float32 weights, into
+    ``o`` (``first``: i = 0, which sets ``o``): task arithmetic ``w_i (x_i − b)``, average ``w_i x_i``;
+    the terms summed in model order, as the torch path does."""
+    if mode == 0 and first:
         for k in range(m):
-            out[k] = (r[k] - bt[k]) * w0
-        for i in range(1, n):
-            r = R[r0 + i, t0:t0 + m]
-            wi = w[i]
-            for k in range(m):
-                out[k] += (r[k] - bt[k]) * wi
+            o[k] = (f[k] - bt[k]) * wi
+    elif mode == 0:
         for k in range(m):
-            out[k] = bt[k] + lam * out[k]
-    else:  # average: Σ_i w_i x_i / W
-        r = R[r0, t0:t0 + m]
-        w0 = w[0]
+            o[k] += (f[k] - bt[k]) * wi
+    elif first:
         for k in range(m):
-            out[k] = r[k] * w0
-        for i in range(1, n):
-            r = R[r0 + i, t0:t0 + m]
-            wi = w[i]
-            for k in range(m):
-                out[k] += r[k] * wi
+            o[k] = f[k] * wi
+    else:
         for k in range(m):
-            out[k] = out[k] / inv
+            o[k] += f[k] * wi
+
+
+@njit(inline="always")
+def _linear_finish(o, bt, lam, mode, inv, m):  # pragma: no cover - compiled
+    """The tile's sum of terms to the merged values: ``b + λ·sum`` (task arithmetic), ``sum / W``."""
+    if mode == 0:
+        for k in range(m):
+            o[k] = bt[k] + lam * o[k]
+    else:
+        for k in range(m):
+            o[k] = o[k] / inv
 
 
 @njit(inline="always")
@@ -363,8 +362,11 @@ def _linear(X, w, lam, mode, inv, out, bad, blocks):  # pragma: no cover - compi
         e = np.uint32(0)
         for t0 in range(lo, hi, TILE):
             m = min(TILE, hi - t0)
-            _linear_tile(X, 1, t0, m, X[0, t0:t0 + m], w, lam, mode, inv, out[t0:t0 + m])
-            e = max(e, _exponent_max(out[t0:t0 + m], m))
+            o, bt = out[t0:t0 + m], X[0, t0:t0 + m]  # row slices of a C-contiguous array: loops vectorize
+            for i in range(X.shape[0] - 1):
+                _linear_add(o, X[i + 1, t0:t0 + m], bt, w[i], i == 0, mode, m)
+            _linear_finish(o, bt, lam, mode, inv, m)
+            e = max(e, _exponent_max(o, m))
             if mode == 1:  # the base is not in an average: check it too
                 e = max(e, _exponent_max(X[0, t0:t0 + m], m))
         bad[b] = e == np.uint32(0x7F800000)
@@ -372,9 +374,9 @@ def _linear(X, w, lam, mode, inv, out, bad, blocks):  # pragma: no cover - compi
 
 @njit(cache=True, nogil=True, parallel=True)
 def _linear_stored(raw, w, lam, mode, inv, out, bad, blocks):  # pragma: no cover - compiled
-    # per model one load and one multiply-add over the tile (not :func:`_linear_tile`'s widened
-    # copy of every row first, and no check of every input: a non-finite input makes the output
-    # non-finite, see fused.linear; 0.26 → 0.15 ns a stored number over 512 MB, 2 threads)
+    # per model one load and one multiply-add over the tile (not a widened copy of every row first,
+    # and no check of every input: a non-finite input makes the output non-finite, see
+    # fused.linear; 0.26 → 0.15 ns a stored number over 512 MB, 2 threads)
     n, C = len(raw) - 1, raw[0].shape[0]
     for b in prange(blocks):
         lo, hi = b * C // blocks, (b + 1) * C // blocks
@@ -392,25 +394,8 @@ def _linear_stored(raw, w, lam, mode, inv, out, bad, blocks):  # pragma: no cove
                 bt[k] = f[k]
             for i in range(n):
                 _load(raw[i + 1][t0:t0 + m], bits, m)
-                wi = w[i]
-                if mode == 0 and i == 0:  # task arithmetic: b + λ Σ_i w_i (x_i − b), in model order
-                    for k in range(m):
-                        o[k] = (f[k] - bt[k]) * wi
-                elif mode == 0:
-                    for k in range(m):
-                        o[k] += (f[k] - bt[k]) * wi
-                elif i == 0:  # average: Σ_i w_i x_i / W
-                    for k in range(m):
-                        o[k] = f[k] * wi
-                else:
-                    for k in range(m):
-                        o[k] += f[k] * wi
-            if mode == 0:
-                for k in range(m):
-                    o[k] = bt[k] + lam * o[k]
-            else:
-                for k in range(m):
-                    o[k] = o[k] / inv
+                _linear_add(o, f, bt, w[i], i == 0, mode, m)
+            _linear_finish(o, bt, lam, mode, inv, m)
             e = max(e, _exponent_max(o, m))
         bad[b] = e == np.uint32(0x7F800000)
 
