@@ -240,8 +240,9 @@ SET_ASIDE_BYTES = 256 << 20
 MERGE_CHUNK = None  # None: the job's chunk
 # A per-tensor trim finds each tensor's cuts (up to MergeJob.hold_bytes) in one compiled call —
 # from the inputs' mapped rows where the merge reads them (MergeJob.stored_tensor), else from its
-# task vectors held as float32 (MergeJob.hold); the histogram passes of the streaming select cost ~4 ms of fixed work per tensor
-# (allocating, summing and scanning 65,536-key histograms per model), 5 s over a 1,300-tensor model.
+# task vectors held as float32 (MergeJob.hold); the histogram passes of the streaming select cost
+# ~4 ms of fixed work per tensor (allocating, summing and scanning 65,536-key histograms per
+# model), 5 s over a 1,300-tensor model.
 COMPILED_CUTS = True
 # the guess of each cut's bin (SparseMerge._guess_window): runs of GUESS_SPAN entries, one every
 # GUESS_SAMPLE runs of each tensor (0: no guess); GUESS_WIDTH bins counted around the guessed one
